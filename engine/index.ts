@@ -1,0 +1,7 @@
+// Public entry point of the engine.
+export * from './dtype.ts';
+export * from './tensor.ts';
+export * from './devices.ts';
+export type { Device, Storage, MemoryStats } from './device.ts';
+export type { Kernel, TensorSpec } from './kernel.ts';
+export * from './ops/index.ts';

@@ -1,0 +1,4 @@
+// All autograd ops.
+export * from './elementwise.ts';
+export * from './matmul.ts';
+export { runKernel, record } from './run.ts';

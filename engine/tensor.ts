@@ -1,0 +1,258 @@
+// Tensor: an n-dimensional array on a device, with tape autograd and explicit disposal.
+//
+// Autograd follows micrograd: every op computes its output, then attaches a backward
+// function that accumulates gradients into its inputs; `backward()` walks the graph in
+// reverse topological order. Gradients are computed by the same ops with recording off.
+import type { Device, Storage } from './device.ts';
+import { getDevice } from './devices.ts';
+import { shapeString, sizeOf, type DType, type TypedArray } from './dtype.ts';
+
+let gradEnabled = true;
+const scopes: Set<Tensor>[] = [];
+
+export class Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  requiresGrad: boolean;
+  grad: Tensor | null = null;
+  /** Optional name, shown in errors (parameters carry their checkpoint key). */
+  name: string | undefined;
+  /** Host copy of the values when the tensor was made from host data (token ids, targets). */
+  hostData: TypedArray | null = null;
+  /** Inputs this tensor was computed from, when it is part of the autograd graph. */
+  parents: Tensor[] = [];
+  backwardFn: ((grad: Tensor) => void) | null = null;
+  /** Set on tensors that `tidy` must not dispose (parameters, gradients of leaves). */
+  kept = false;
+  private storageRef: Storage | null;
+  private isGradient = false;
+
+  constructor(storage: Storage, shape: readonly number[], dtype: DType, device: Device, requiresGrad = false) {
+    this.storageRef = storage;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.device = device;
+    this.requiresGrad = requiresGrad;
+    if (scopes.length > 0) scopes[scopes.length - 1].add(this);
+  }
+
+  get size(): number {
+    return sizeOf(this.shape);
+  }
+
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  get disposed(): boolean {
+    return this.storageRef === null;
+  }
+
+  get storage(): Storage {
+    if (!this.storageRef) {
+      throw new Error(`tensor ${this.describe()} was used after dispose(); keep it alive or compute it again`);
+    }
+    return this.storageRef;
+  }
+
+  describe(): string {
+    return `${this.name ?? 'tensor'} ${shapeString(this.shape)} ${this.dtype}`;
+  }
+
+  /** Frees the device memory (shared with views until the last one is disposed). */
+  dispose(): void {
+    if (!this.storageRef) return;
+    this.device.release(this.storageRef);
+    this.storageRef = null;
+    this.parents = [];
+    this.backwardFn = null;
+    if (this.grad) {
+      this.grad.dispose();
+      this.grad = null;
+    }
+  }
+
+  /** Copies the values to the host. */
+  async data(): Promise<TypedArray> {
+    if (this.hostData) return this.hostData.slice();
+    return this.device.read(this.storage, this.dtype, this.size);
+  }
+
+  async item(): Promise<number> {
+    if (this.size !== 1) throw new Error(`item(): ${this.describe()} has ${this.size} elements, expected 1`);
+    return (await this.data())[0];
+  }
+
+  /** A tensor of another shape over the same storage (same element count). */
+  view(shape: readonly number[]): Tensor {
+    const resolved = resolveShape(shape, this.size, this.shape);
+    this.storage.refs += 1;
+    const out = new Tensor(this.storage, resolved, this.dtype, this.device);
+    out.hostData = this.hostData;
+    return out;
+  }
+
+  /** Computes gradients of this scalar with respect to every tensor that requires them. */
+  backward(): void {
+    if (this.size !== 1) throw new Error(`backward(): ${this.describe()} is not a scalar; reduce it first (sum or mean)`);
+    const order = topologicalOrder(this);
+    const seed = fromHost(new Float32Array([1]), this.shape, 'f32', this.device);
+    noGrad(() => {
+      accumulateGrad(this, seed);
+      for (let i = order.length - 1; i >= 0; i--) {
+        const node = order[i];
+        if (!node.backwardFn || !node.grad) continue;
+        node.backwardFn(node.grad);
+        // Intermediate gradients are not needed once passed on; leaves keep theirs.
+        node.grad.dispose();
+        node.grad = null;
+      }
+    });
+  }
+
+  /** Marks this tensor as a gradient owned by another tensor (used by accumulateGrad). */
+  markGradient(): void {
+    this.isGradient = true;
+    this.kept = true;
+    for (const scope of scopes) scope.delete(this);
+  }
+
+  get isOwnedGradient(): boolean {
+    return this.isGradient;
+  }
+}
+
+function topologicalOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const visited = new Set<Tensor>();
+  const stack: Array<[Tensor, number]> = [[root, 0]];
+  visited.add(root);
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    const [node, next] = top;
+    if (next < node.parents.length) {
+      top[1] += 1;
+      const parent = node.parents[next];
+      if (!visited.has(parent) && parent.requiresGrad) {
+        visited.add(parent);
+        stack.push([parent, 0]);
+      }
+    } else {
+      stack.pop();
+      order.push(node);
+    }
+  }
+  return order;
+}
+
+/** Adds `grad` into `target.grad`, reducing broadcast axes first. Takes ownership of `grad`. */
+export let accumulateGrad: (target: Tensor, grad: Tensor) => void = () => {
+  throw new Error('engine/ops is not loaded');
+};
+
+export function setAccumulateGrad(fn: (target: Tensor, grad: Tensor) => void): void {
+  accumulateGrad = fn;
+}
+
+export function isGradEnabled(): boolean {
+  return gradEnabled;
+}
+
+/** Runs `fn` without recording the autograd graph. */
+export function noGrad<T>(fn: () => T): T {
+  const previous = gradEnabled;
+  gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = previous;
+  }
+}
+
+/** Keeps `tensor` alive past the enclosing `tidy` scopes. */
+export function keep<T extends Tensor>(tensor: T): T {
+  tensor.kept = true;
+  for (const scope of scopes) scope.delete(tensor);
+  return tensor;
+}
+
+/**
+ * Runs `fn` and disposes every tensor created inside it, except the tensors it returns (a
+ * tensor, or tensors inside a returned array or plain object) and kept ones. Returned tensors
+ * move to the enclosing scope.
+ */
+export function tidy<T>(fn: () => T): T {
+  const scope = new Set<Tensor>();
+  scopes.push(scope);
+  let result: T;
+  try {
+    result = fn();
+  } finally {
+    scopes.pop();
+  }
+  const returned = new Set<Tensor>();
+  collectTensors(result, returned, 0);
+  for (const tensor of scope) {
+    if (returned.has(tensor) || tensor.kept) continue;
+    tensor.dispose();
+  }
+  if (scopes.length > 0) for (const tensor of returned) if (scope.has(tensor)) scopes[scopes.length - 1].add(tensor);
+  return result;
+}
+
+function collectTensors(value: unknown, into: Set<Tensor>, depth: number): void {
+  if (depth > 4 || value === null || typeof value !== 'object') return;
+  if (value instanceof Tensor) {
+    into.add(value);
+  } else if (Array.isArray(value)) {
+    for (const item of value) collectTensors(item, into, depth + 1);
+  } else if (Object.getPrototypeOf(value) === Object.prototype) {
+    for (const item of Object.values(value)) collectTensors(item, into, depth + 1);
+  }
+}
+
+export function resolveShape(shape: readonly number[], size: number, from: readonly number[]): number[] {
+  const inferred = shape.indexOf(-1);
+  const resolved = [...shape];
+  if (inferred >= 0) {
+    const known = sizeOf(shape.filter((_, i) => i !== inferred));
+    resolved[inferred] = known === 0 ? 0 : size / known;
+  }
+  if (sizeOf(resolved) !== size || !resolved.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new Error(`reshape: cannot view ${shapeString(from)} (${size} elements) as ${shapeString(shape)}`);
+  }
+  return resolved;
+}
+
+/** Creates a tensor from host values. */
+export function fromHost(data: TypedArray, shape: readonly number[], dtype: DType = data instanceof Int32Array ? 'i32' : 'f32', device: Device = getDevice()): Tensor {
+  if (data.length !== sizeOf(shape)) {
+    throw new Error(`tensor: ${data.length} values do not fill shape ${shapeString(shape)} (${sizeOf(shape)} elements)`);
+  }
+  const typed = dtype === 'f32' ? (data instanceof Float32Array ? data : Float32Array.from(data)) : data instanceof Int32Array ? data : Int32Array.from(data);
+  const out = new Tensor(device.upload(typed), shape, dtype, device);
+  if (dtype === 'i32') out.hostData = typed.slice();
+  return out;
+}
+
+export function tensor(values: number[] | TypedArray, shape?: readonly number[], dtype: DType = 'f32'): Tensor {
+  const typed = Array.isArray(values) ? (dtype === 'f32' ? Float32Array.from(values) : Int32Array.from(values)) : values;
+  return fromHost(typed, shape ?? [typed.length], dtype);
+}
+
+export function zeros(shape: readonly number[], dtype: DType = 'f32', device: Device = getDevice()): Tensor {
+  return new Tensor(device.zeros(dtype, sizeOf(shape)), shape, dtype, device);
+}
+
+export function full(shape: readonly number[], value: number, device: Device = getDevice()): Tensor {
+  return fromHost(new Float32Array(sizeOf(shape)).fill(value), shape, 'f32', device);
+}
+
+/** A trainable leaf tensor (requiresGrad, kept out of tidy scopes). */
+export function parameter(data: Float32Array, shape: readonly number[], name?: string, device: Device = getDevice()): Tensor {
+  const out = keep(fromHost(data, shape, 'f32', device));
+  out.requiresGrad = true;
+  out.name = name;
+  return out;
+}

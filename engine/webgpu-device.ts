@@ -1,0 +1,350 @@
+// The WebGPU device: records kernels into one command encoder and submits when data is read
+// back or `flush()` is called. Works with Dawn in Node (npm `webgpu`) and `navigator.gpu`.
+import type { DeviceCaps } from '../kernels/types.ts';
+import type { Device, MemoryStats, Storage } from './device.ts';
+import { sizeOf, type DType, type TypedArray } from './dtype.ts';
+import type { Kernel, TensorSpec } from './kernel.ts';
+
+const STORAGE_USAGE = GPUBufferUsage_STORAGE() | GPUBufferUsage_COPY_SRC() | GPUBufferUsage_COPY_DST();
+const UNIFORM_SLOT_BYTES = 256;
+const UNIFORM_CHUNK_SLOTS = 256;
+
+// GPUBufferUsage is a global in browsers and after installing Dawn's globals in Node; the
+// numeric values are fixed by the WebGPU specification, so they are spelled out here.
+function GPUBufferUsage_STORAGE(): number { return 0x0080; }
+function GPUBufferUsage_COPY_SRC(): number { return 0x0004; }
+function GPUBufferUsage_COPY_DST(): number { return 0x0008; }
+const USAGE_MAP_READ = 0x0001;
+const USAGE_UNIFORM = 0x0040;
+const MAP_MODE_READ = 0x0001;
+
+export class GpuStorage implements Storage {
+  refs = 1;
+  constructor(readonly buffer: GPUBuffer, readonly byteSize: number, readonly sizeClass: number) {}
+}
+
+/** Rounds a byte size up to one of four classes per power of two (at most 25 % waste). */
+export function sizeClassOf(byteSize: number): number {
+  const bytes = Math.max(256, Math.ceil(byteSize / 16) * 16);
+  const octave = 2 ** Math.floor(Math.log2(bytes));
+  const step = octave / 4;
+  return Math.ceil(bytes / step) * step;
+}
+
+export class WebGpuError extends Error {}
+
+export interface WebGpuDeviceOptions {
+  /** The object that owns the adapter (Dawn's `create()` result in Node); kept alive here. */
+  owner?: unknown;
+}
+
+export class WebGpuDevice implements Device {
+  readonly kind = 'webgpu' as const;
+  readonly caps: DeviceCaps;
+  readonly description: string;
+
+  private pipelines = new Map<string, GPUComputePipeline>();
+  private pool = new Map<number, GPUBuffer[]>();
+  private pooledBytes = 0;
+  private live = new Set<GpuStorage>();
+  private stagingPool = new Map<number, GPUBuffer[]>();
+
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private pendingFlops = 0;
+  private pendingDispatches = 0;
+  private lastKernel = '';
+
+  private uniformChunks: GPUBuffer[] = [];
+  private uniformData: Uint8Array[] = [];
+  private uniformSlot = 0;
+
+  // GPU throughput estimate (flops per ms) used to sleep before awaiting a readback, so the
+  // Node binding does not spin the main thread while the GPU works.
+  private flopsPerMs = 2e6;
+  private errors: string[] = [];
+  private lost: string | null = null;
+
+  constructor(
+    readonly device: GPUDevice,
+    readonly adapterInfo: GPUAdapterInfo | null,
+    private readonly options: WebGpuDeviceOptions = {},
+  ) {
+    const limits = device.limits;
+    const subgroups = device.features.has('subgroups');
+    const info = adapterInfo as (GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number }) | null;
+    this.caps = {
+      subgroups,
+      subgroupMinSize: subgroups ? info?.subgroupMinSize ?? 4 : 1,
+      subgroupMaxSize: subgroups ? info?.subgroupMaxSize ?? 128 : 1,
+      shaderF16: device.features.has('shader-f16'),
+      maxComputeWorkgroupSizeX: limits.maxComputeWorkgroupSizeX,
+      maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
+      maxComputeWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
+    };
+    const vendor = info?.vendor || 'unknown vendor';
+    const architecture = info?.architecture || info?.device || 'unknown adapter';
+    this.description = `webgpu: ${vendor} ${architecture}${info?.description ? ` (${info.description})` : ''}`;
+    device.addEventListener('uncapturederror', (event) => {
+      const message = (event as GPUUncapturedErrorEvent).error.message;
+      this.errors.push(`${message} (last kernel recorded: ${this.lastKernel || 'none'})`);
+    });
+    void device.lost.then((info) => {
+      this.lost = `WebGPU device lost (${info.reason}): ${info.message}`;
+    });
+  }
+
+  upload(data: TypedArray): Storage {
+    const storage = this.allocate(data.byteLength);
+    // writeBuffer is ordered before the next submit, so a storage written here and read by
+    // kernels recorded afterwards sees the data.
+    this.device.queue.writeBuffer(storage.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    return storage;
+  }
+
+  zeros(_dtype: DType, size: number): Storage {
+    const storage = this.allocate(size * 4);
+    this.endPass();
+    this.currentEncoder().clearBuffer(storage.buffer, 0, storage.sizeClass);
+    return storage;
+  }
+
+  run<P>(kernel: Kernel<P>, inputs: Storage[], specs: TensorSpec[], params: P) {
+    this.checkHealthy();
+    const outSpecs = kernel.outputs(specs, params);
+    const outputs = outSpecs.map((spec) => this.allocate(sizeOf(spec.shape) * 4));
+    const program = kernel.wgsl(specs, params, this.caps);
+    const pipeline = this.pipeline(kernel.name, program.key, program.code);
+
+    const entries: GPUBindGroupEntry[] = [];
+    const buffers = [...inputs, ...outputs] as GpuStorage[];
+    buffers.forEach((storage, binding) => {
+      entries.push({ binding, resource: { buffer: storage.buffer, offset: 0, size: storage.sizeClass } });
+    });
+    if (program.params.length > 0) {
+      entries.push({ binding: buffers.length, resource: this.writeUniforms(program.params) });
+    }
+    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+
+    const pass = this.currentPass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    const [x, y, z] = program.workgroups;
+    if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+
+    this.lastKernel = kernel.name;
+    this.pendingDispatches += 1;
+    this.pendingFlops += kernel.flops?.(specs, params) ?? sizeOf(outSpecs[0]?.shape ?? [1]);
+    return { storages: outputs as Storage[], specs: outSpecs };
+  }
+
+  async read(storage: Storage, _dtype: DType, size: number): Promise<TypedArray> {
+    const source = storage as GpuStorage;
+    const byteSize = size * 4;
+    const staging = this.takeStaging(byteSize);
+    this.endPass();
+    this.currentEncoder().copyBufferToBuffer(source.buffer, 0, staging, 0, byteSize);
+    const expectedMs = this.estimateMs();
+    const started = performance.now();
+    this.submit();
+
+    // Sleep for most of the expected GPU time before the promise exists: Dawn's Node binding
+    // busy-polls while a WebGPU promise is pending, which takes a core away from lavapipe.
+    if (expectedMs > 2) await new Promise((resolve) => setTimeout(resolve, expectedMs * 0.8));
+    await staging.mapAsync(MAP_MODE_READ, 0, byteSize);
+    this.learnThroughput(performance.now() - started, expectedMs);
+
+    const bytes = new Uint8Array(staging.getMappedRange(0, byteSize)).slice();
+    staging.unmap();
+    this.returnStaging(staging);
+    this.checkHealthy();
+    return _dtype === 'f32' ? new Float32Array(bytes.buffer) : new Int32Array(bytes.buffer);
+  }
+
+  release(storage: Storage): void {
+    storage.refs -= 1;
+    if (storage.refs > 0) return;
+    const gpuStorage = storage as GpuStorage;
+    this.live.delete(gpuStorage);
+    let free = this.pool.get(gpuStorage.sizeClass);
+    if (!free) this.pool.set(gpuStorage.sizeClass, (free = []));
+    free.push(gpuStorage.buffer);
+    this.pooledBytes += gpuStorage.sizeClass;
+  }
+
+  flush(): void {
+    this.checkHealthy();
+    if (this.encoder) this.submit();
+  }
+
+  async sync(): Promise<void> {
+    const expectedMs = this.estimateMs();
+    this.flush();
+    if (expectedMs > 2) await new Promise((resolve) => setTimeout(resolve, expectedMs * 0.8));
+    await this.device.queue.onSubmittedWorkDone();
+    this.checkHealthy();
+  }
+
+  memory(): MemoryStats {
+    let liveBytes = 0;
+    for (const storage of this.live) liveBytes += storage.sizeClass;
+    return { liveBytes, liveStorages: this.live.size, pooledBytes: this.pooledBytes };
+  }
+
+  /** Frees pooled buffers (live tensors keep theirs). */
+  trimPool(): void {
+    for (const buffers of this.pool.values()) for (const buffer of buffers) buffer.destroy();
+    this.pool.clear();
+    this.pooledBytes = 0;
+  }
+
+  destroy(): void {
+    this.trimPool();
+    this.device.destroy();
+    void this.options.owner;
+  }
+
+  private allocate(byteSize: number): GpuStorage {
+    const sizeClass = sizeClassOf(byteSize);
+    const maxBinding = this.device.limits.maxStorageBufferBindingSize;
+    if (sizeClass > maxBinding) {
+      throw new WebGpuError(
+        `webgpu: a tensor of ${byteSize} bytes exceeds this adapter's maxStorageBufferBindingSize ` +
+          `(${maxBinding} bytes); split the tensor or run on an adapter with larger bindings`,
+      );
+    }
+    const free = this.pool.get(sizeClass);
+    let buffer = free?.pop();
+    if (buffer) {
+      this.pooledBytes -= sizeClass;
+    } else {
+      buffer = this.device.createBuffer({ size: sizeClass, usage: STORAGE_USAGE });
+    }
+    const storage = new GpuStorage(buffer, byteSize, sizeClass);
+    this.live.add(storage);
+    return storage;
+  }
+
+  private pipeline(name: string, key: string, code: string): GPUComputePipeline {
+    const fullKey = `${name}:${key}`;
+    let pipeline = this.pipelines.get(fullKey);
+    if (!pipeline) {
+      const module = this.device.createShaderModule({ code, label: name });
+      pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: name });
+      this.pipelines.set(fullKey, pipeline);
+    }
+    return pipeline;
+  }
+
+  private writeUniforms(params: Array<[string, string, number]>): GPUBufferBinding {
+    if (this.uniformSlot >= this.uniformChunks.length * UNIFORM_CHUNK_SLOTS) {
+      this.uniformChunks.push(this.device.createBuffer({ size: UNIFORM_SLOT_BYTES * UNIFORM_CHUNK_SLOTS, usage: USAGE_UNIFORM | GPUBufferUsage_COPY_DST() }));
+      this.uniformData.push(new Uint8Array(UNIFORM_SLOT_BYTES * UNIFORM_CHUNK_SLOTS));
+    }
+    const chunk = Math.floor(this.uniformSlot / UNIFORM_CHUNK_SLOTS);
+    const offset = (this.uniformSlot % UNIFORM_CHUNK_SLOTS) * UNIFORM_SLOT_BYTES;
+    this.uniformSlot += 1;
+    const view = new DataView(this.uniformData[chunk].buffer, offset, UNIFORM_SLOT_BYTES);
+    params.forEach(([, type, value], index) => {
+      if (type === 'f32') view.setFloat32(index * 4, value, true);
+      else if (type === 'i32') view.setInt32(index * 4, value, true);
+      else view.setUint32(index * 4, value, true);
+    });
+    const size = Math.max(16, Math.ceil((params.length * 4) / 16) * 16);
+    return { buffer: this.uniformChunks[chunk], offset, size };
+  }
+
+  private currentEncoder(): GPUCommandEncoder {
+    if (!this.encoder) this.encoder = this.device.createCommandEncoder();
+    return this.encoder;
+  }
+
+  private currentPass(): GPUComputePassEncoder {
+    if (!this.pass) this.pass = this.currentEncoder().beginComputePass();
+    return this.pass;
+  }
+
+  private endPass(): void {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+  }
+
+  private submit(): void {
+    this.endPass();
+    const chunksUsed = Math.ceil(this.uniformSlot / UNIFORM_CHUNK_SLOTS);
+    // The queue runs writeBuffer and submit in call order, so rewriting a chunk for the next
+    // batch cannot affect the command buffer submitted here.
+    for (let chunk = 0; chunk < chunksUsed; chunk++) {
+      const used = chunk < chunksUsed - 1 ? UNIFORM_CHUNK_SLOTS : this.uniformSlot - chunk * UNIFORM_CHUNK_SLOTS;
+      this.device.queue.writeBuffer(this.uniformChunks[chunk], 0, this.uniformData[chunk], 0, used * UNIFORM_SLOT_BYTES);
+    }
+    this.uniformSlot = 0;
+    if (this.encoder) {
+      this.device.queue.submit([this.encoder.finish()]);
+      this.encoder = null;
+    }
+  }
+
+  private estimateMs(): number {
+    const ms = this.pendingFlops / this.flopsPerMs + this.pendingDispatches * 0.02;
+    this.pendingFlops = 0;
+    this.pendingDispatches = 0;
+    return ms;
+  }
+
+  private learnThroughput(actualMs: number, expectedMs: number): void {
+    if (expectedMs <= 0 || actualMs <= 0) return;
+    // actual ≥ the sleep; if the GPU finished well after the sleep, the estimate was too
+    // optimistic, so lower the throughput; if the map resolved right after it, raise it.
+    const ratio = expectedMs / actualMs;
+    const clamped = Math.min(1.25, Math.max(0.5, ratio * 1.05));
+    this.flopsPerMs = Math.min(1e9, Math.max(1e4, this.flopsPerMs * clamped));
+  }
+
+  private takeStaging(byteSize: number): GPUBuffer {
+    const sizeClass = sizeClassOf(byteSize);
+    const buffer = this.stagingPool.get(sizeClass)?.pop();
+    return buffer ?? this.device.createBuffer({ size: sizeClass, usage: USAGE_MAP_READ | GPUBufferUsage_COPY_DST() });
+  }
+
+  private returnStaging(buffer: GPUBuffer): void {
+    const sizeClass = buffer.size;
+    let free = this.stagingPool.get(sizeClass);
+    if (!free) this.stagingPool.set(sizeClass, (free = []));
+    free.push(buffer);
+  }
+
+  private checkHealthy(): void {
+    if (this.lost) throw new WebGpuError(this.lost);
+    if (this.errors.length > 0) {
+      const message = this.errors.join('\n');
+      this.errors = [];
+      throw new WebGpuError(`webgpu: validation error: ${message}`);
+    }
+  }
+}
+
+/** Adapter features the engine uses when present. */
+const OPTIONAL_FEATURES: GPUFeatureName[] = ['subgroups', 'shader-f16', 'timestamp-query'];
+
+/** Requests an adapter and device from `gpu`; returns null when there is no adapter. */
+export async function createWebGpuDevice(gpu: GPU, owner?: unknown): Promise<WebGpuDevice | null> {
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) return null;
+  const requiredFeatures = OPTIONAL_FEATURES.filter((feature) => adapter.features.has(feature));
+  const wanted = [
+    'maxStorageBufferBindingSize',
+    'maxBufferSize',
+    'maxComputeWorkgroupStorageSize',
+    'maxComputeInvocationsPerWorkgroup',
+    'maxComputeWorkgroupSizeX',
+    'maxStorageBuffersPerShaderStage',
+  ] as const;
+  const requiredLimits: Record<string, number> = {};
+  for (const name of wanted) requiredLimits[name] = adapter.limits[name];
+  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  return new WebGpuDevice(device, adapter.info ?? null, { owner });
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env node
+// Runs every test/*.test.ts file in its own Node process (a crashed GPU driver then fails one
+// file, not the run), prints each file's output, and ends with one line of totals:
+// "N passed, N failed" (plus ", N skipped" when some were skipped).
+//
+// Usage: node scripts/run-tests.mjs [substring ...]   runs only files whose name contains one.
+import { spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const filters = process.argv.slice(2);
+const files = readdirSync(join(root, 'test'))
+  .filter((name) => name.endsWith('.test.ts'))
+  .filter((name) => filters.length === 0 || filters.some((f) => name.includes(f)))
+  .sort();
+
+function runFile(name) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', './scripts/register-ts.mjs', join('test', name)], {
+      cwd: root,
+      env: { ...process.env, FORCE_COLOR: '0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (chunk) => { output += chunk; process.stdout.write(chunk); });
+    child.stderr.on('data', (chunk) => { output += chunk; process.stderr.write(chunk); });
+    child.on('close', (code, signal) => resolve({ output, code, signal }));
+  });
+}
+
+// uvu ends each file with "Total: N", "Passed: N", "Skipped: N".
+function readTotals(output) {
+  const clean = output.replace(/\x1b\[[0-9;]*m/g, '');
+  const number = (label) => {
+    const matches = [...clean.matchAll(new RegExp(`${label}:\\s+(\\d+)`, 'g'))];
+    return matches.length ? Number(matches[matches.length - 1][1]) : null;
+  };
+  return { total: number('Total'), passed: number('Passed'), skipped: number('Skipped') ?? 0 };
+}
+
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+for (const name of files) {
+  process.stdout.write(`\n# ${name}\n`);
+  const { output, code, signal } = await runFile(name);
+  const totals = readTotals(output);
+  if (totals.total === null || totals.passed === null) {
+    // The file crashed before uvu printed its summary: count it as one failure.
+    process.stdout.write(`# ${name}: no uvu summary (exit code ${code}, signal ${signal}); counted as 1 failed\n`);
+    failed += 1;
+    continue;
+  }
+  passed += totals.passed;
+  skipped += totals.skipped;
+  let fileFailed = totals.total - totals.passed - totals.skipped;
+  if (code !== 0 && fileFailed === 0) fileFailed = 1;
+  failed += fileFailed;
+}
+
+const skippedPart = skipped ? `, ${skipped} skipped` : '';
+process.stdout.write(`\n${passed} passed, ${failed} failed${skippedPart}\n`);
+process.exit(failed === 0 && files.length > 0 ? 0 : 1);

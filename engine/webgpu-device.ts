@@ -56,7 +56,7 @@ export class WebGpuDevice implements Device {
   private lastKernel = '';
 
   private uniformChunks: GPUBuffer[] = [];
-  private uniformData: Uint8Array[] = [];
+  private uniformData: Uint8Array<ArrayBuffer>[] = [];
   private uniformSlot = 0;
 
   // GPU throughput estimate (flops per ms) used to sleep before awaiting a readback, so the

@@ -33,6 +33,10 @@ export class CpuDevice implements Device {
     return this.track(new CpuStorage(data.slice()));
   }
 
+  write(storage: Storage, data: TypedArray): void {
+    (storage as CpuStorage).data.set(data);
+  }
+
   zeros(dtype: DType, size: number): Storage {
     return this.track(new CpuStorage(allocArray(dtype, size)));
   }

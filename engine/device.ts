@@ -24,6 +24,8 @@ export interface Device {
   readonly description: string;
   readonly caps: DeviceCaps;
   upload(data: TypedArray): Storage;
+  /** Overwrites the start of `storage` with `data` (ordered before work recorded later). */
+  write(storage: Storage, data: TypedArray): void;
   /** Allocates a zero-filled storage. */
   zeros(dtype: DType, size: number): Storage;
   /** Records `kernel` and returns one new storage per output spec. */

@@ -84,6 +84,18 @@ export class Tensor {
     return (await this.data())[0];
   }
 
+  /** Overwrites the values in place (same element count and dtype). */
+  assign(data: TypedArray): void {
+    if (data.length !== this.size) {
+      throw new Error(`assign: ${data.length} values for ${this.describe()} (${this.size} elements)`);
+    }
+    if ((this.dtype === 'f32') !== data instanceof Float32Array) {
+      throw new Error(`assign: ${data instanceof Float32Array ? 'f32' : 'i32'} values for ${this.describe()}`);
+    }
+    this.device.write(this.storage, data);
+    if (this.hostData) this.hostData = data.slice();
+  }
+
   /** A tensor of another shape over the same storage (same element count). */
   view(shape: readonly number[]): Tensor {
     const resolved = resolveShape(shape, this.size, this.shape);

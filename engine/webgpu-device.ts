@@ -97,10 +97,17 @@ export class WebGpuDevice implements Device {
 
   upload(data: TypedArray): Storage {
     const storage = this.allocate(data.byteLength);
-    // writeBuffer is ordered before the next submit, so a storage written here and read by
-    // kernels recorded afterwards sees the data.
+    // queue.writeBuffer runs before any command buffer submitted after it, so work already
+    // recorded (which may still read a pooled buffer handed out here) is submitted first.
+    if (this.encoder) this.submit();
     this.device.queue.writeBuffer(storage.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
     return storage;
+  }
+
+  write(storage: Storage, data: TypedArray): void {
+    // Work recorded before this call must run first, so submit it.
+    if (this.encoder) this.submit();
+    this.device.queue.writeBuffer((storage as GpuStorage).buffer, 0, data.buffer, data.byteOffset, data.byteLength);
   }
 
   zeros(_dtype: DType, size: number): Storage {

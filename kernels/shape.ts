@@ -1,0 +1,80 @@
+// Shape kernels: strided copies between a contiguous tensor and a strided view of another
+// (rank ≤ 6). A gather reads a strided view into a contiguous output (permute, slice). A
+// scatter writes a contiguous source into a strided region of an existing tensor in place
+// (pad, concat). Each runs one invocation per element of the contiguous side.
+import { entry1d, flatIndex, grid1d, storageBinding, uniformBinding } from './common.ts';
+import { MAX_RANK } from './elementwise.ts';
+import type { WgslProgram } from './types.ts';
+
+const WORKGROUP = 64;
+
+export type ElementType = 'f32' | 'i32';
+
+export interface StridedCopy {
+  /** Shape of the contiguous side; the invocation for element i decodes its coordinates. */
+  dims: readonly number[];
+  /** Strides of the strided side, one per axis of `dims`. */
+  strides: readonly number[];
+  /** Element offset of the strided side's first element. */
+  offset: number;
+}
+
+function elementCount({ dims }: StridedCopy): number {
+  return dims.reduce((p, d) => p * d, 1);
+}
+
+function copyParams(copy: StridedCopy): WgslProgram['params'] {
+  const { dims, strides, offset } = copy;
+  const pad = MAX_RANK - dims.length;
+  const paddedDims = [...new Array(pad).fill(1), ...dims];
+  const paddedStrides = [...new Array(pad).fill(0), ...strides];
+  const params: WgslProgram['params'] = [
+    ['size', 'u32', elementCount(copy)],
+    ['offset', 'u32', offset],
+  ];
+  for (let axis = 0; axis < MAX_RANK; axis++) params.push([`d${axis}`, 'u32', paddedDims[axis]]);
+  for (let axis = 0; axis < MAX_RANK; axis++) params.push([`s${axis}`, 'u32', paddedStrides[axis]]);
+  return params;
+}
+
+/** WGSL lines that turn the flat index `i` into `strided`, the strided side's element index. */
+function stridedIndexSteps(): string {
+  const steps: string[] = [];
+  for (let axis = MAX_RANK - 1; axis >= 0; axis--) {
+    steps.push(`  strided += (rest % params.d${axis}) * params.s${axis}; rest = rest / params.d${axis};`);
+  }
+  return steps.join('\n');
+}
+
+/** output[i] = input[offset + Σ coordᵢ·strideᵢ], with `output` contiguous of shape `dims`. */
+export function gatherProgram(copy: StridedCopy, type: ElementType): WgslProgram {
+  const params = copyParams(copy);
+  const code = `${storageBinding(0, 'input', type, 'read')}${storageBinding(1, 'output', type, 'read_write')}${uniformBinding(2, params)}
+${entry1d(WORKGROUP)} {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i >= params.size) { return; }
+  var rest = i;
+  var strided = params.offset;
+${stridedIndexSteps()}
+  output[i] = input[strided];
+}`;
+  return { key: `gather_${type}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
+}
+
+/**
+ * destination[offset + Σ coordᵢ·strideᵢ] = source[i], with `source` contiguous of shape `dims`.
+ * In place: binding 0 is the destination (read_write), binding 1 the source.
+ */
+export function scatterProgram(copy: StridedCopy, type: ElementType): WgslProgram {
+  const params = copyParams(copy);
+  const code = `${storageBinding(0, 'destination', type, 'read_write')}${storageBinding(1, 'source', type, 'read')}${uniformBinding(2, params)}
+${entry1d(WORKGROUP)} {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i >= params.size) { return; }
+  var rest = i;
+  var strided = params.offset;
+${stridedIndexSteps()}
+  destination[strided] = source[i];
+}`;
+  return { key: `scatter_${type}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
+}

@@ -2,3 +2,10 @@
 export * from './elementwise.ts';
 export * from './matmul.ts';
 export { runKernel, record } from './run.ts';
+export * from './softmax.ts';
+export * from './norm.ts';
+export * from './loss.ts';
+export * from './shape.ts';
+export * from './embedding.ts';
+export * from './dropout.ts';
+export * from './mask.ts';

@@ -1,0 +1,74 @@
+// Turns prepared samples into decoder inputs: <bos>-prefixed ids, next-token targets with
+// padding ignored, and the text-encoder batches for reference reports and key phrases.
+import { Random } from '../engine/random.ts';
+import { fromHost, type Tensor } from '../engine/tensor.ts';
+import { IGNORE_INDEX, tokenBatch, type TokenBatch } from './model.ts';
+
+export interface SpecialIds {
+  pad: number;
+  bos: number;
+  eos: number;
+}
+
+export interface PreparedSample {
+  id: string;
+  /** Frozen ViT features of the study's first image, [1 + P, Dv] flattened. */
+  features: Float32Array;
+  /** Cleaned ground-truth report. */
+  report: string;
+  /** Report word ids, truncated, without <bos>/<eos>. */
+  reportIds: number[];
+  /** Reference-report word ids (another training study's report). */
+  referenceIds: number[];
+  /** Word ids of each key phrase extracted from the report. */
+  phraseIds: number[][];
+}
+
+export interface DecoderBatch {
+  features: Tensor; // f32 [B, 1 + P, Dv]
+  inputIds: Tensor; // i32 [B, L]
+  targets: Tensor; // i32 [B, L]
+  reference: TokenBatch;
+  phrases: TokenBatch;
+}
+
+/** Builds a batch; `rng` samples up to `phraseCount` key phrases per sample. */
+export function decoderBatch(samples: PreparedSample[], featureShape: [number, number], ids: SpecialIds, rng: Random, phraseCount: number, maxPhraseTokens: number): DecoderBatch {
+  const [tokens, width] = featureShape;
+  const features = new Float32Array(samples.length * tokens * width);
+  samples.forEach((sample, row) => features.set(sample.features, row * tokens * width));
+
+  const length = Math.max(...samples.map((s) => s.reportIds.length)) + 1;
+  const inputIds = new Int32Array(samples.length * length).fill(ids.pad);
+  const targets = new Int32Array(samples.length * length).fill(IGNORE_INDEX);
+  samples.forEach((sample, row) => {
+    const input = [ids.bos, ...sample.reportIds];
+    const target = [...sample.reportIds, ids.eos];
+    inputIds.set(input, row * length);
+    targets.set(target, row * length);
+  });
+
+  const phraseLists = samples.map((sample) => samplePhrases(sample.phraseIds, rng, phraseCount).slice(0, maxPhraseTokens));
+  return {
+    features: fromHost(features, [samples.length, tokens, width]),
+    inputIds: fromHost(inputIds, [samples.length, length]),
+    targets: fromHost(targets, [samples.length, length]),
+    reference: tokenBatch(samples.map((s) => s.referenceIds)),
+    phrases: tokenBatch(phraseLists),
+  };
+}
+
+/** Joins up to `count` phrases drawn without replacement, in report order. */
+function samplePhrases(phrases: number[][], rng: Random, count: number): number[] {
+  if (phrases.length <= count) return phrases.flat();
+  const chosen = rng.shuffle(phrases.map((_, i) => i)).slice(0, count).sort((a, b) => a - b);
+  return chosen.flatMap((i) => phrases[i]);
+}
+
+/** Splits `items` into batches of `size`, shuffled by `rng` when given. */
+export function batchesOf<T>(items: T[], size: number, rng?: Random): T[][] {
+  const order = rng ? rng.shuffle([...items]) : items;
+  const out: T[][] = [];
+  for (let i = 0; i < order.length; i += size) out.push(order.slice(i, i + size));
+  return out;
+}

@@ -1,0 +1,73 @@
+// Report generation from the image context C1 alone, and frozen image-feature extraction.
+import { fromHost, keep, noGrad, tidy, type Tensor } from '../engine/tensor.ts';
+import type { SpecialIds } from './batches.ts';
+import type { S2DAlign } from './model.ts';
+import { patchify } from './models/vit.ts';
+import type { Progress } from './progress.ts';
+
+/**
+ * Runs the frozen ViT over preprocessed images ([3, S, S] each) and returns the features
+ * [1 + P, Dv] of each image as host arrays.
+ */
+export async function extractImageFeatures(model: S2DAlign, images: Float32Array[], batchSize: number, progress?: Progress): Promise<Float32Array[]> {
+  const { channels, imageSize, patchSize } = model.config.vision;
+  const patchCount = model.vision.patchCount;
+  const patchLength = channels * patchSize * patchSize;
+  const tokens = patchCount + 1;
+  const width = model.config.vision.hiddenSize;
+  const out: Float32Array[] = [];
+  progress?.start('image features (frozen ViT)', Math.ceil(images.length / batchSize));
+  for (let start = 0; start < images.length; start += batchSize) {
+    const group = images.slice(start, start + batchSize);
+    const patches = new Float32Array(group.length * patchCount * patchLength);
+    group.forEach((image, row) => patches.set(patchify(image, channels, imageSize, patchSize), row * patchCount * patchLength));
+    const features = noGrad(() => tidy(() => model.vision.forward(fromHost(patches, [group.length, patchCount, patchLength]))));
+    const values = (await features.data()) as Float32Array;
+    features.dispose();
+    for (let row = 0; row < group.length; row++) out.push(values.slice(row * tokens * width, (row + 1) * tokens * width));
+    progress?.tick();
+  }
+  progress?.stop();
+  return out;
+}
+
+export interface GenerateOptions {
+  maxTokens: number;
+  ids: SpecialIds;
+  /** Called after each decoding step with the tokens so far (for streaming). */
+  onStep?: (tokens: number[][]) => void;
+}
+
+/** Greedy decoding for a batch of images given their features [B, 1 + P, Dv]. */
+export async function generateGreedy(model: S2DAlign, features: Tensor, options: GenerateOptions): Promise<number[][]> {
+  const { maxTokens, ids } = options;
+  const batch = features.shape[0];
+  const context = keep(noGrad(() => tidy(() => model.visualContext(features))));
+  const tokens: number[][] = Array.from({ length: batch }, () => []);
+  const finished = new Array<boolean>(batch).fill(false);
+  try {
+    for (let step = 0; step < maxTokens && finished.some((f) => !f); step++) {
+      const length = step + 1;
+      const inputIds = new Int32Array(batch * length);
+      for (let row = 0; row < batch; row++) inputIds.set([ids.bos, ...tokens[row]], row * length);
+      const logits = noGrad(() => tidy(() => model.nextTokenLogits(context, fromHost(inputIds, [batch, length]))));
+      const values = await logits.data();
+      logits.dispose();
+      const vocab = values.length / batch;
+      for (let row = 0; row < batch; row++) {
+        if (finished[row]) {
+          tokens[row].push(ids.pad);
+          continue;
+        }
+        let best = 0;
+        for (let v = 1; v < vocab; v++) if (values[row * vocab + v] > values[row * vocab + best]) best = v;
+        if (best === ids.eos) finished[row] = true;
+        tokens[row].push(best === ids.eos ? ids.pad : best);
+      }
+      options.onStep?.(tokens);
+    }
+  } finally {
+    context.dispose();
+  }
+  return tokens.map((list) => list.filter((id) => id !== ids.pad));
+}

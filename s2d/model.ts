@@ -1,0 +1,119 @@
+// The S2D-Align model: a frozen ViT, a frozen text encoder, three memory adapters (SMA_v,
+// SMA_t, SMA_p) that share one memory bank, and a LLaMA-style decoder with LoRA.
+//
+// The decoder reads [context ; embedded report tokens]: context is C1 = SMA_v(E_v(I)), plus
+// SMA_t(E_text(reference report)) in stage 2, plus SMA_p(E_text(key phrases)) in stage 3.
+// Inference uses C1 only.
+import { Module } from '../engine/nn/module.ts';
+import { reshape } from '../engine/ops/index.ts';
+import { crossEntropy } from '../engine/ops/loss.ts';
+import { concat, slice } from '../engine/ops/shape.ts';
+import { Random } from '../engine/random.ts';
+import { fromHost, parameter, type Tensor } from '../engine/tensor.ts';
+import type { S2DConfig } from './config.ts';
+import { MaskedLmHead, TextEncoder } from './models/bert.ts';
+import { LlamaDecoder } from './models/llama.ts';
+import { MemoryAdapter } from './models/sma.ts';
+import { VisionTransformer } from './models/vit.ts';
+
+export const IGNORE_INDEX = -100;
+
+/** Token ids for one batch of texts, right-padded. */
+export interface TokenBatch {
+  ids: Tensor; // i32 [B, T]
+  lengths: Tensor; // i32 [B]
+}
+
+export class S2DAlign extends Module {
+  readonly vision: VisionTransformer;
+  readonly textEncoder: TextEncoder;
+  readonly mlmHead: MaskedLmHead;
+  readonly memoryBank: Tensor;
+  readonly smaV: MemoryAdapter;
+  readonly smaT: MemoryAdapter;
+  readonly smaP: MemoryAdapter;
+  readonly decoder: LlamaDecoder;
+
+  constructor(readonly config: S2DConfig, readonly vocabSize: number, seed = config.training.seed) {
+    super();
+    const rng = new Random(seed);
+    const { vision, text, decoder, memory, lora } = config;
+    // The text encoder has one extra row: the [MASK] token of masked-LM pretraining.
+    const textConfig = { ...text, vocabSize: vocabSize + 1 };
+    this.vision = this.addModule('vision', new VisionTransformer(vision, rng));
+    this.textEncoder = this.addModule('text', new TextEncoder(textConfig, rng));
+    this.mlmHead = this.addModule('text_mlm_head', new MaskedLmHead(textConfig, rng));
+    this.memoryBank = this.addParameter('memory_bank', parameter(rng.normalArray(memory.queries * vision.hiddenSize, 0.02), [memory.queries, vision.hiddenSize]));
+    const adapter = (inputWidth: number) =>
+      new MemoryAdapter({ inputWidth, memoryWidth: vision.hiddenSize, heads: memory.heads, mlpWidth: memory.mlpWidth, outputWidth: decoder.hiddenSize }, rng);
+    this.smaV = this.addModule('sma_v', adapter(vision.hiddenSize));
+    this.smaT = this.addModule('sma_t', adapter(text.hiddenSize));
+    this.smaP = this.addModule('sma_p', adapter(text.hiddenSize));
+    this.decoder = this.addModule('decoder', new LlamaDecoder({ ...decoder, vocabSize }, rng, lora));
+  }
+
+  get maskTokenId(): number {
+    return this.vocabSize;
+  }
+
+  /** C1 = SMA_v(image features [B, 1 + P, Dv]) → [B, N, Dl]. */
+  visualContext(imageFeatures: Tensor): Tensor {
+    return this.smaV.forward(this.memoryBank, imageFeatures);
+  }
+
+  /** SMA over text features of `tokens` with adapter `sma` → [B, N, Dl]. */
+  textContext(sma: MemoryAdapter, tokens: TokenBatch): Tensor {
+    const features = this.textEncoder.forward(tokens.ids, tokens.lengths);
+    return sma.forward(this.memoryBank, features, { keyLengths: tokens.lengths });
+  }
+
+  /** The stage's context: C1, C2 = [C1 ; text] or C3 = [C2 ; phrases]. */
+  context(stage: 1 | 2 | 3, imageFeatures: Tensor, reference?: TokenBatch, phrases?: TokenBatch): Tensor {
+    const parts = [this.visualContext(imageFeatures)];
+    if (stage >= 2) {
+      if (!reference) throw new Error('s2d: stage 2 and 3 need reference-report tokens');
+      parts.push(this.textContext(this.smaT, reference));
+    }
+    if (stage >= 3) {
+      if (!phrases) throw new Error('s2d: stage 3 needs key-phrase tokens');
+      parts.push(this.textContext(this.smaP, phrases));
+    }
+    return parts.length === 1 ? parts[0] : concat(parts, 1);
+  }
+
+  /**
+   * Mean cross-entropy over report tokens only. context [B, Tc, Dl] (or null for plain LM);
+   * inputIds i32 [B, L] start with <bos>; targets i32 [B, L] hold the next token or IGNORE_INDEX.
+   */
+  reportLoss(context: Tensor | null, inputIds: Tensor, targets: Tensor): Tensor {
+    const [batch, length] = inputIds.shape;
+    const embedded = this.decoder.embed(inputIds);
+    const inputs = context ? concat([context, embedded], 1) : embedded;
+    const contextLength = context ? context.shape[1] : 0;
+    const hidden = this.decoder.forwardHidden(inputs);
+    const reportHidden = contextLength > 0 ? slice(hidden, 1, contextLength, contextLength + length) : hidden;
+    const logits = this.decoder.logits(reportHidden);
+    return crossEntropy(reshape(logits, [batch * length, this.vocabSize]), reshape(targets, [batch * length]), IGNORE_INDEX);
+  }
+
+  /** Logits [B, V] for the next token after `inputIds` [B, L], given context [B, Tc, Dl]. */
+  nextTokenLogits(context: Tensor, inputIds: Tensor): Tensor {
+    const embedded = this.decoder.embed(inputIds);
+    const hidden = this.decoder.forwardHidden(concat([context, embedded], 1));
+    const last = slice(hidden, 1, hidden.shape[1] - 1, hidden.shape[1]);
+    const [batch] = inputIds.shape;
+    return reshape(this.decoder.logits(last), [batch, this.vocabSize]);
+  }
+}
+
+/** Right-pads token lists into a TokenBatch (pad id 0; empty lists become one pad token). */
+export function tokenBatch(lists: number[][], padId = 0): TokenBatch {
+  const length = Math.max(1, ...lists.map((l) => l.length));
+  const ids = new Int32Array(lists.length * length).fill(padId);
+  const lengths = new Int32Array(lists.length);
+  lists.forEach((list, row) => {
+    ids.set(list, row * length);
+    lengths[row] = Math.max(1, list.length);
+  });
+  return { ids: fromHost(ids, [lists.length, length]), lengths: fromHost(lengths, [lists.length]) };
+}

@@ -1,0 +1,92 @@
+// BERT-style text encoder: word + position embeddings, post-norm blocks (LayerNorm after each
+// residual add), erf GELU; plus a masked-LM head used to pretrain it.
+//
+// Shapes: B texts, T tokens, D width, V vocabulary.
+import { Embedding, LayerNorm, Linear } from '../../engine/nn/layers.ts';
+import { MultiHeadAttention } from '../../engine/nn/attention.ts';
+import { Module, ModuleList } from '../../engine/nn/module.ts';
+import { add, gelu, reshape } from '../../engine/ops/index.ts';
+import type { Random } from '../../engine/random.ts';
+import { fromHost, type Tensor } from '../../engine/tensor.ts';
+
+export interface BertConfig {
+  vocabSize: number;
+  hiddenSize: number;
+  layers: number;
+  heads: number;
+  intermediateSize: number;
+  maxPositions: number;
+  layerNormEps: number;
+}
+
+export class BertLayer extends Module {
+  readonly attention: MultiHeadAttention;
+  readonly attentionNorm: LayerNorm;
+  readonly intermediate: Linear;
+  readonly output: Linear;
+  readonly outputNorm: LayerNorm;
+
+  constructor(config: BertConfig, rng: Random) {
+    super();
+    const { hiddenSize: width, heads, intermediateSize, layerNormEps } = config;
+    this.attention = this.addModule('attention', new MultiHeadAttention(width, heads, rng));
+    this.attentionNorm = this.addModule('attention_norm', new LayerNorm(width, layerNormEps));
+    this.intermediate = this.addModule('intermediate', new Linear(width, intermediateSize, rng));
+    this.output = this.addModule('output', new Linear(intermediateSize, width, rng));
+    this.outputNorm = this.addModule('output_norm', new LayerNorm(width, layerNormEps));
+  }
+
+  forward(x: Tensor, keyLengths: Tensor): Tensor {
+    const attended = this.attentionNorm.forward(add(x, this.attention.forward(x, x, { keyLengths })));
+    const hidden = this.output.forward(gelu(this.intermediate.forward(attended)));
+    return this.outputNorm.forward(add(attended, hidden));
+  }
+}
+
+export class TextEncoder extends Module {
+  readonly wordEmbeddings: Embedding;
+  readonly positionEmbeddings: Embedding;
+  readonly embeddingNorm: LayerNorm;
+  readonly layers: ModuleList<BertLayer>;
+
+  constructor(readonly config: BertConfig, rng: Random) {
+    super();
+    const { vocabSize, hiddenSize: width, maxPositions, layerNormEps, layers } = config;
+    this.wordEmbeddings = this.addModule('embeddings.word_embeddings', new Embedding(vocabSize, width, rng));
+    this.positionEmbeddings = this.addModule('embeddings.position_embeddings', new Embedding(maxPositions, width, rng));
+    this.embeddingNorm = this.addModule('embeddings.LayerNorm', new LayerNorm(width, layerNormEps));
+    this.layers = this.addModule('encoder.layer', new ModuleList(Array.from({ length: layers }, () => new BertLayer(config, rng))));
+  }
+
+  /** ids i32 [B, T] (right-padded), lengths i32 [B] → hidden states [B, T, D]. */
+  forward(ids: Tensor, lengths: Tensor): Tensor {
+    const [batch, seqLen] = ids.shape;
+    if (seqLen > this.config.maxPositions) {
+      throw new Error(`text encoder: ${seqLen} tokens exceed maxPositions ${this.config.maxPositions}; truncate the text`);
+    }
+    const positionIds = fromHost(new Int32Array(seqLen).map((_, i) => i), [seqLen]);
+    const positions = reshape(this.positionEmbeddings.forward(positionIds), [1, seqLen, this.config.hiddenSize]);
+    let x = this.embeddingNorm.forward(add(this.wordEmbeddings.forward(ids), positions));
+    void batch;
+    for (const layer of this.layers.items) x = layer.forward(x, lengths);
+    return x;
+  }
+}
+
+/** Masked-LM head: dense → GELU → LayerNorm → vocabulary logits. */
+export class MaskedLmHead extends Module {
+  readonly dense: Linear;
+  readonly norm: LayerNorm;
+  readonly decoder: Linear;
+
+  constructor(config: BertConfig, rng: Random) {
+    super();
+    this.dense = this.addModule('transform.dense', new Linear(config.hiddenSize, config.hiddenSize, rng));
+    this.norm = this.addModule('transform.LayerNorm', new LayerNorm(config.hiddenSize, config.layerNormEps));
+    this.decoder = this.addModule('decoder', new Linear(config.hiddenSize, config.vocabSize, rng));
+  }
+
+  forward(hidden: Tensor): Tensor {
+    return this.decoder.forward(this.norm.forward(gelu(this.dense.forward(hidden))));
+  }
+}

@@ -5,7 +5,7 @@
 // SMA_t(E_text(reference report)) in stage 2, plus SMA_p(E_text(key phrases)) in stage 3.
 // Inference uses C1 only.
 import { Module } from '../engine/nn/module.ts';
-import { reshape } from '../engine/ops/index.ts';
+import { reshape, scale, sum } from '../engine/ops/index.ts';
 import { crossEntropy } from '../engine/ops/loss.ts';
 import { concat, slice } from '../engine/ops/shape.ts';
 import { Random } from '../engine/random.ts';
@@ -59,6 +59,18 @@ export class S2DAlign extends Module {
   /** C1 = SMA_v(image features [B, 1 + P, Dv]) → [B, N, Dl]. */
   visualContext(imageFeatures: Tensor): Tensor {
     return this.smaV.forward(this.memoryBank, imageFeatures);
+  }
+
+  /**
+   * Where SMA_v looks: its cross-attention averaged over heads and memory queries, for each
+   * image patch (the CLS token dropped), as [B, P] with rows summing to at most 1. The patches
+   * form a (S/p)×(S/p) grid in row-major order.
+   */
+  groundingMap(imageFeatures: Tensor): Tensor {
+    const weights = this.smaV.attentionWeights(this.memoryBank, imageFeatures);
+    const [batch, heads, queries, tokens] = weights.shape;
+    const patches = slice(weights, 3, 1, tokens);
+    return reshape(scale(sum(patches, [1, 2]), 1 / (heads * queries)), [batch, tokens - 1]);
   }
 
   /** SMA over text features of `tokens` with adapter `sma` → [B, N, Dl]. */

@@ -57,6 +57,18 @@ export class MultiHeadAttention extends Module {
     this.outProj = this.addModule('out_proj', new Linear(dim, dim, rng));
   }
 
+  /** Attention probabilities [B, H, Tq, Tk] for the same inputs as `forward`. */
+  attentionWeights(query: Tensor, context: Tensor = query, mask: AttentionMask = {}): Tensor {
+    const q = splitHeads(this.qProj.forward(query), this.heads);
+    const k = splitHeads(this.kProj.forward(context), this.heads);
+    const headDim = q.shape[q.shape.length - 1];
+    let scores = scale(matmul(q, k, { transB: true }), 1 / Math.sqrt(headDim));
+    if (mask.causal || mask.keyLengths) {
+      scores = maskScores(scores, { causal: mask.causal ?? false, queryOffset: mask.queryOffset ?? 0, keyLengths: mask.keyLengths });
+    }
+    return softmax(scores);
+  }
+
   /** query [B, Tq, D], context [B, Tk, keyDim] → [B, Tq, D]. */
   forward(query: Tensor, context: Tensor = query, mask: AttentionMask = {}): Tensor {
     const q = splitHeads(this.qProj.forward(query), this.heads);

@@ -41,6 +41,14 @@ export class MemoryAdapter extends Module {
     this.outputProj = this.addModule('output_proj', new Linear(memoryWidth, outputWidth, rng));
   }
 
+  /** Cross-attention probabilities [B, H, N, T] of the memory queries over the features. */
+  attentionWeights(memory: Tensor, features: Tensor, mask: AttentionMask = {}): Tensor {
+    const batch = features.shape[0];
+    const [count, width] = memory.shape;
+    const queries = broadcastTo(memory, [batch, count, width]);
+    return this.crossAttention.attentionWeights(queries, this.inputProj.forward(features), mask);
+  }
+
   /** memory [N, Dm], features [B, T, inputWidth] → soft tokens [B, N, Dl]. */
   forward(memory: Tensor, features: Tensor, mask: AttentionMask = {}): Tensor {
     const batch = features.shape[0];

@@ -120,23 +120,22 @@ async function generate(args: string[]): Promise<number> {
   return 0;
 }
 
+/** Subcommands: each takes its own arguments and returns the exit code. */
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+  train,
+  generate,
+};
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {
-    switch (command) {
-      case 'train':
-        return await train(rest);
-      case 'generate':
-        return await generate(rest);
-      case undefined:
-      case 'help':
-      case '--help':
-      case '-h':
-        process.stdout.write(USAGE);
-        return command === undefined ? 2 : 0;
-      default:
-        return fail(`unknown command "${command}"\n\n${USAGE}`);
+    if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
     }
+    const run = COMMANDS[command];
+    if (!run) return fail(`unknown command "${command}"\n\n${USAGE}`);
+    return await run(rest);
   } catch (error) {
     process.stderr.write(`s2d ${command}: ${(error as Error).message}\n`);
     if (process.env.S2D_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);

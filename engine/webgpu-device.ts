@@ -63,6 +63,8 @@ export class WebGpuDevice implements Device {
   // Node binding does not spin the main thread while the GPU works.
   private flopsPerMs = 2e6;
   private errors: string[] = [];
+  /** Dispatches recorded per kernel name since the last `takeDispatchCounts()`. */
+  private dispatchCounts = new Map<string, number>();
   private lost: string | null = null;
 
   constructor(
@@ -142,6 +144,7 @@ export class WebGpuDevice implements Device {
 
     this.lastKernel = kernel.name;
     this.pendingDispatches += 1;
+    this.dispatchCounts.set(kernel.name, (this.dispatchCounts.get(kernel.name) ?? 0) + 1);
     this.pendingFlops += kernel.flops?.(specs, params) ?? sizeOf(outSpecs[0]?.shape ?? [1]);
     return { storages: outputs as Storage[], specs: outSpecs };
   }
@@ -191,6 +194,13 @@ export class WebGpuDevice implements Device {
     if (expectedMs > 2) await new Promise((resolve) => setTimeout(resolve, expectedMs * 0.8));
     await this.device.queue.onSubmittedWorkDone();
     this.checkHealthy();
+  }
+
+  /** Returns and resets the number of dispatches per kernel name. */
+  takeDispatchCounts(): Map<string, number> {
+    const counts = this.dispatchCounts;
+    this.dispatchCounts = new Map();
+    return counts;
   }
 
   memory(): MemoryStats {

@@ -8,6 +8,8 @@ export interface SpecialIds {
   pad: number;
   bos: number;
   eos: number;
+  /** The unknown-word id, when the vocabulary has one. */
+  unk?: number;
 }
 
 export interface PreparedSample {

@@ -31,6 +31,27 @@ export async function extractImageFeatures(model: S2DAlign, images: Float32Array
   return out;
 }
 
+/**
+ * Tokens never generated: <pad> and <bos>, and <unk> when the vocabulary has one, because a
+ * word-level vocabulary maps every rare word to <unk>, which then dominates greedy decoding
+ * while carrying no text.
+ */
+export function bannedTokens(ids: SpecialIds): Set<number> {
+  const banned = new Set([ids.pad, ids.bos]);
+  if (ids.unk !== undefined) banned.add(ids.unk);
+  return banned;
+}
+
+/** Index of the largest of values[offset .. offset+count) outside `banned`. */
+export function argmaxAllowed(values: ArrayLike<number>, offset: number, count: number, banned: Set<number>): number {
+  let best = -1;
+  for (let v = 0; v < count; v++) {
+    if (banned.has(v)) continue;
+    if (best < 0 || values[offset + v] > values[offset + best]) best = v;
+  }
+  return best;
+}
+
 export interface GenerateOptions {
   maxTokens: number;
   ids: SpecialIds;
@@ -45,6 +66,7 @@ export async function generateGreedy(model: S2DAlign, features: Tensor, options:
   const context = keep(noGrad(() => tidy(() => model.visualContext(features))));
   const tokens: number[][] = Array.from({ length: batch }, () => []);
   const finished = new Array<boolean>(batch).fill(false);
+  const banned = bannedTokens(ids);
   try {
     for (let step = 0; step < maxTokens && finished.some((f) => !f); step++) {
       const length = step + 1;
@@ -59,8 +81,7 @@ export async function generateGreedy(model: S2DAlign, features: Tensor, options:
           tokens[row].push(ids.pad);
           continue;
         }
-        let best = 0;
-        for (let v = 1; v < vocab; v++) if (values[row * vocab + v] > values[row * vocab + best]) best = v;
+        const best = argmaxAllowed(values, row * vocab, vocab, banned);
         if (best === ids.eos) finished[row] = true;
         tokens[row].push(best === ids.eos ? ids.pad : best);
       }

@@ -46,7 +46,7 @@ export interface MainJobResult {
 }
 
 export function specialIds(vocab: Vocabulary): SpecialIds {
-  return { pad: vocab.padId, bos: vocab.bosId, eos: vocab.eosId };
+  return { pad: vocab.padId, bos: vocab.bosId, eos: vocab.eosId, unk: vocab.unkId };
 }
 
 /** Cosine similarity of mean-pooled features: the nearest other training study's report. */

@@ -10,6 +10,43 @@ import { shapeString, sizeOf, type DType, type TypedArray } from './dtype.ts';
 let gradEnabled = true;
 const scopes: Set<Tensor>[] = [];
 
+interface LeakRecord {
+  storage: Storage;
+  device: Device;
+  description: string;
+}
+
+let leakedTensors = 0;
+let leakHandler: (count: number, example: string) => void = (count, example) => {
+  // Warn on the first leak and then at each power of ten, so a leaking loop does not flood the log.
+  if (Number.isInteger(Math.log10(count))) {
+    console.warn(`s2d engine: ${count} tensor(s) were garbage-collected without dispose(), e.g. ${example}; wrap the work in tidy() or call dispose()`);
+  }
+};
+
+/**
+ * Safety net: a tensor collected without dispose() returns its device memory here and is
+ * reported to the leak handler. Collection time is up to the JavaScript engine, so this is
+ * no substitute for tidy() and dispose().
+ */
+const leakRegistry = new FinalizationRegistry<LeakRecord>(({ storage, device, description }) => {
+  device.release(storage);
+  leakedTensors += 1;
+  leakHandler(leakedTensors, description);
+});
+
+/** Sets the function told about tensors collected without dispose(); returns the previous one. */
+export function setLeakHandler(handler: (count: number, example: string) => void): (count: number, example: string) => void {
+  const previous = leakHandler;
+  leakHandler = handler;
+  return previous;
+}
+
+/** How many tensors were collected without dispose() so far. */
+export function leakedTensorCount(): number {
+  return leakedTensors;
+}
+
 export class Tensor {
   readonly shape: readonly number[];
   readonly dtype: DType;
@@ -35,6 +72,7 @@ export class Tensor {
     this.device = device;
     this.requiresGrad = requiresGrad;
     if (scopes.length > 0) scopes[scopes.length - 1].add(this);
+    leakRegistry.register(this, { storage, device, description: `[${shape.join(', ')}] ${dtype}` }, this);
   }
 
   get size(): number {
@@ -63,6 +101,7 @@ export class Tensor {
   /** Frees the device memory (shared with views until the last one is disposed). */
   dispose(): void {
     if (!this.storageRef) return;
+    leakRegistry.unregister(this);
     this.device.release(this.storageRef);
     this.storageRef = null;
     this.parents = [];

@@ -65,6 +65,7 @@ export class WebGpuDevice implements Device {
   private errors: string[] = [];
   /** Dispatches recorded per kernel name since the last `takeDispatchCounts()`. */
   private dispatchCounts = new Map<string, number>();
+  private compileMs = 0;
   private lost: string | null = null;
 
   constructor(
@@ -196,6 +197,11 @@ export class WebGpuDevice implements Device {
     this.checkHealthy();
   }
 
+  /** Pipelines compiled so far and the JavaScript-side time spent creating them. */
+  compileStats(): { pipelines: number; milliseconds: number } {
+    return { pipelines: this.pipelines.size, milliseconds: this.compileMs };
+  }
+
   /** Returns and resets the number of dispatches per kernel name. */
   takeDispatchCounts(): Map<string, number> {
     const counts = this.dispatchCounts;
@@ -247,9 +253,19 @@ export class WebGpuDevice implements Device {
     const fullKey = `${name}:${key}`;
     let pipeline = this.pipelines.get(fullKey);
     if (!pipeline) {
+      const started = performance.now();
+      this.device.pushErrorScope('validation');
       const module = this.device.createShaderModule({ code, label: name });
       pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: name });
       this.pipelines.set(fullKey, pipeline);
+      this.compileMs += performance.now() - started;
+      // A shader that fails to compile is dropped from the cache and its error (with the
+      // kernel name and key) is raised by the next read, flush or kernel call.
+      void this.device.popErrorScope().then((error) => {
+        if (!error) return;
+        this.pipelines.delete(fullKey);
+        this.errors.push(`kernel ${name} (${key}) failed to compile: ${error.message}`);
+      });
     }
     return pipeline;
   }

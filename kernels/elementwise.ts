@@ -71,26 +71,53 @@ ${entry1d(WORKGROUP)} {
 }
 
 /**
+ * Merges neighbouring axes that both operands walk contiguously (or both broadcast) and drops
+ * axes of size 1, so a same-shape op becomes rank 1 and a bias add rank 2. Returns at least
+ * one axis.
+ */
+export function coalesceAxes(shape: readonly number[], aStrides: readonly number[], bStrides: readonly number[]): { dims: number[]; sa: number[]; sb: number[] } {
+  const dims: number[] = [];
+  const sa: number[] = [];
+  const sb: number[] = [];
+  for (let axis = 0; axis < shape.length; axis++) {
+    if (shape[axis] === 1) continue;
+    const last = dims.length - 1;
+    if (last >= 0 && sa[last] === aStrides[axis] * shape[axis] && sb[last] === bStrides[axis] * shape[axis]) {
+      dims[last] *= shape[axis];
+      sa[last] = aStrides[axis];
+      sb[last] = bStrides[axis];
+    } else {
+      dims.push(shape[axis]);
+      sa.push(aStrides[axis]);
+      sb.push(bStrides[axis]);
+    }
+  }
+  if (dims.length === 0) return { dims: [1], sa: [0], sb: [0] };
+  return { dims, sa, sb };
+}
+
+/**
  * out[i] = op(a[ia], b[ib]) where i runs over `outShape` and each operand is read through its
- * own strides (0 on broadcast axes). Shapes are padded on the left to rank 6.
+ * own strides (0 on broadcast axes). Axes are coalesced first; the index arithmetic is
+ * generated for the remaining rank, because u32 division is costly on CPU adapters.
  */
 export function binaryProgram(op: BinaryOp, outShape: readonly number[], aStrides: readonly number[], bStrides: readonly number[]): WgslProgram {
-  const pad = MAX_RANK - outShape.length;
-  const dims = [...new Array(pad).fill(1), ...outShape];
-  const sa = [...new Array(pad).fill(0), ...aStrides];
-  const sb = [...new Array(pad).fill(0), ...bStrides];
+  const { dims, sa, sb } = coalesceAxes(outShape, aStrides, bStrides);
+  const rank = dims.length;
+  if (rank > MAX_RANK) throw new Error(`binary ${op}: rank ${rank} exceeds ${MAX_RANK}`);
   let size = 1;
   for (const d of outShape) size *= d;
   const params: WgslProgram['params'] = [['size', 'u32', size]];
-  for (let axis = 0; axis < MAX_RANK; axis++) params.push([`d${axis}`, 'u32', dims[axis]]);
-  for (let axis = 0; axis < MAX_RANK; axis++) params.push([`a${axis}`, 'u32', sa[axis]]);
-  for (let axis = 0; axis < MAX_RANK; axis++) params.push([`b${axis}`, 'u32', sb[axis]]);
+  for (let axis = 0; axis < rank; axis++) params.push([`d${axis}`, 'u32', dims[axis]]);
+  for (let axis = 0; axis < rank; axis++) params.push([`a${axis}`, 'u32', sa[axis]]);
+  for (let axis = 0; axis < rank; axis++) params.push([`b${axis}`, 'u32', sb[axis]]);
 
   const steps: string[] = [];
-  for (let axis = MAX_RANK - 1; axis >= 0; axis--) {
+  for (let axis = rank - 1; axis >= 1; axis--) {
     steps.push(`  let c${axis} = rest % params.d${axis}; rest = rest / params.d${axis};`);
     steps.push(`  ia += c${axis} * params.a${axis}; ib += c${axis} * params.b${axis};`);
   }
+  steps.push('  ia += rest * params.a0; ib += rest * params.b0;');
   const code = `${storageBinding(0, 'lhs', 'f32', 'read')}${storageBinding(1, 'rhs', 'f32', 'read')}${storageBinding(2, 'output', 'f32', 'read_write')}${uniformBinding(3, params)}${WGSL_ERF}
 ${entry1d(WORKGROUP)} {
   let i = ${flatIndex(WORKGROUP)};
@@ -103,5 +130,5 @@ ${steps.join('\n')}
   let b = rhs[ib];
   output[i] = ${BINARY_WGSL[op]};
 }`;
-  return { key: op, code, workgroups: grid1d(size, WORKGROUP), params };
+  return { key: `${op}:r${rank}`, code, workgroups: grid1d(size, WORKGROUP), params };
 }

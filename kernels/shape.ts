@@ -3,7 +3,7 @@
 // scatter writes a contiguous source into a strided region of an existing tensor in place
 // (pad, concat). Each runs one invocation per element of the contiguous side.
 import { entry1d, flatIndex, grid1d, storageBinding, uniformBinding } from './common.ts';
-import { MAX_RANK } from './elementwise.ts';
+import { coalesceAxes } from './elementwise.ts';
 import type { WgslProgram } from './types.ts';
 
 const WORKGROUP = 64;
@@ -23,42 +23,61 @@ function elementCount({ dims }: StridedCopy): number {
   return dims.reduce((p, d) => p * d, 1);
 }
 
+/**
+ * Axes after merging neighbours that the strided side also walks contiguously and dropping
+ * axes of size 1, so u32 division (costly on CPU adapters) runs once per remaining axis.
+ */
+function coalesced(copy: StridedCopy): { dims: number[]; strides: number[] } {
+  const contiguous = stridesOf(copy.dims);
+  const { dims, sb } = coalesceAxes(copy.dims, contiguous, copy.strides);
+  return { dims, strides: sb };
+}
+
+function stridesOf(dims: readonly number[]): number[] {
+  const strides = new Array<number>(dims.length);
+  let stride = 1;
+  for (let axis = dims.length - 1; axis >= 0; axis--) {
+    strides[axis] = stride;
+    stride *= dims[axis];
+  }
+  return strides;
+}
+
 function copyParams(copy: StridedCopy): WgslProgram['params'] {
-  const { dims, strides, offset } = copy;
-  const pad = MAX_RANK - dims.length;
-  const paddedDims = [...new Array(pad).fill(1), ...dims];
-  const paddedStrides = [...new Array(pad).fill(0), ...strides];
+  const { dims, strides } = coalesced(copy);
   const params: WgslProgram['params'] = [
     ['size', 'u32', elementCount(copy)],
-    ['offset', 'u32', offset],
+    ['offset', 'u32', copy.offset],
   ];
-  for (let axis = 0; axis < MAX_RANK; axis++) params.push([`d${axis}`, 'u32', paddedDims[axis]]);
-  for (let axis = 0; axis < MAX_RANK; axis++) params.push([`s${axis}`, 'u32', paddedStrides[axis]]);
+  for (let axis = 0; axis < dims.length; axis++) params.push([`d${axis}`, 'u32', dims[axis]]);
+  for (let axis = 0; axis < dims.length; axis++) params.push([`s${axis}`, 'u32', strides[axis]]);
   return params;
 }
 
 /** WGSL lines that turn the flat index `i` into `strided`, the strided side's element index. */
-function stridedIndexSteps(): string {
+function stridedIndexSteps(rank: number): string {
   const steps: string[] = [];
-  for (let axis = MAX_RANK - 1; axis >= 0; axis--) {
+  for (let axis = rank - 1; axis >= 1; axis--) {
     steps.push(`  strided += (rest % params.d${axis}) * params.s${axis}; rest = rest / params.d${axis};`);
   }
+  steps.push('  strided += rest * params.s0;');
   return steps.join('\n');
 }
 
 /** output[i] = input[offset + Σ coordᵢ·strideᵢ], with `output` contiguous of shape `dims`. */
 export function gatherProgram(copy: StridedCopy, type: ElementType): WgslProgram {
   const params = copyParams(copy);
+  const rank = coalesced(copy).dims.length;
   const code = `${storageBinding(0, 'input', type, 'read')}${storageBinding(1, 'output', type, 'read_write')}${uniformBinding(2, params)}
 ${entry1d(WORKGROUP)} {
   let i = ${flatIndex(WORKGROUP)};
   if (i >= params.size) { return; }
   var rest = i;
   var strided = params.offset;
-${stridedIndexSteps()}
+${stridedIndexSteps(rank)}
   output[i] = input[strided];
 }`;
-  return { key: `gather_${type}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
+  return { key: `gather_${type}:r${rank}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
 }
 
 /**
@@ -67,14 +86,15 @@ ${stridedIndexSteps()}
  */
 export function scatterProgram(copy: StridedCopy, type: ElementType): WgslProgram {
   const params = copyParams(copy);
+  const rank = coalesced(copy).dims.length;
   const code = `${storageBinding(0, 'destination', type, 'read_write')}${storageBinding(1, 'source', type, 'read')}${uniformBinding(2, params)}
 ${entry1d(WORKGROUP)} {
   let i = ${flatIndex(WORKGROUP)};
   if (i >= params.size) { return; }
   var rest = i;
   var strided = params.offset;
-${stridedIndexSteps()}
+${stridedIndexSteps(rank)}
   destination[strided] = source[i];
 }`;
-  return { key: `scatter_${type}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
+  return { key: `scatter_${type}:r${rank}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
 }

@@ -1,11 +1,12 @@
-// BERT-style text encoder: word + position embeddings, post-norm blocks (LayerNorm after each
-// residual add), erf GELU; plus a masked-LM head used to pretrain it.
+// BERT-style text encoder: word (+ token type) + position embeddings, post-norm blocks
+// (LayerNorm after each residual add), erf GELU; plus a masked-LM head used to pretrain it.
 //
 // Shapes: B texts, T tokens, D width, V vocabulary.
 import { Embedding, LayerNorm, Linear } from '../../engine/nn/layers.ts';
 import { MultiHeadAttention } from '../../engine/nn/attention.ts';
 import { Module, ModuleList } from '../../engine/nn/module.ts';
 import { add, gelu, reshape } from '../../engine/ops/index.ts';
+import { slice } from '../../engine/ops/shape.ts';
 import type { Random } from '../../engine/random.ts';
 import { fromHost, type Tensor } from '../../engine/tensor.ts';
 
@@ -17,6 +18,11 @@ export interface BertConfig {
   intermediateSize: number;
   maxPositions: number;
   layerNormEps: number;
+  /**
+   * Rows of the token type (segment) table that HF BERT checkpoints carry; 0 or absent for
+   * none. Text without type ids uses type 0, as a single-segment HF input does.
+   */
+  typeVocabSize?: number;
 }
 
 export class BertLayer extends Module {
@@ -46,6 +52,7 @@ export class BertLayer extends Module {
 export class TextEncoder extends Module {
   readonly wordEmbeddings: Embedding;
   readonly positionEmbeddings: Embedding;
+  readonly tokenTypeEmbeddings: Embedding | null;
   readonly embeddingNorm: LayerNorm;
   readonly layers: ModuleList<BertLayer>;
 
@@ -54,20 +61,36 @@ export class TextEncoder extends Module {
     const { vocabSize, hiddenSize: width, maxPositions, layerNormEps, layers } = config;
     this.wordEmbeddings = this.addModule('embeddings.word_embeddings', new Embedding(vocabSize, width, rng));
     this.positionEmbeddings = this.addModule('embeddings.position_embeddings', new Embedding(maxPositions, width, rng));
+    const typeVocabSize = config.typeVocabSize ?? 0;
+    this.tokenTypeEmbeddings = typeVocabSize > 0 ? this.addModule('embeddings.token_type_embeddings', new Embedding(typeVocabSize, width, rng)) : null;
     this.embeddingNorm = this.addModule('embeddings.LayerNorm', new LayerNorm(width, layerNormEps));
     this.layers = this.addModule('encoder.layer', new ModuleList(Array.from({ length: layers }, () => new BertLayer(config, rng))));
   }
 
-  /** ids i32 [B, T] (right-padded), lengths i32 [B] → hidden states [B, T, D]. */
-  forward(ids: Tensor, lengths: Tensor): Tensor {
-    const [batch, seqLen] = ids.shape;
+  /**
+   * ids i32 [B, T] (right-padded), lengths i32 [B] → hidden states [B, T, D]. `tokenTypeIds`
+   * i32 [B, T] selects token type rows; without it every token has type 0.
+   */
+  forward(ids: Tensor, lengths: Tensor, tokenTypeIds?: Tensor): Tensor {
+    const seqLen = ids.shape[1];
+    const width = this.config.hiddenSize;
     if (seqLen > this.config.maxPositions) {
       throw new Error(`text encoder: ${seqLen} tokens exceed maxPositions ${this.config.maxPositions}; truncate the text`);
     }
     const positionIds = fromHost(new Int32Array(seqLen).map((_, i) => i), [seqLen]);
-    const positions = reshape(this.positionEmbeddings.forward(positionIds), [1, seqLen, this.config.hiddenSize]);
-    let x = this.embeddingNorm.forward(add(this.wordEmbeddings.forward(ids), positions));
-    void batch;
+    const positions = reshape(this.positionEmbeddings.forward(positionIds), [1, seqLen, width]);
+
+    // HF BertEmbeddings order: (word + token type) + position, then LayerNorm.
+    let embedded = this.wordEmbeddings.forward(ids);
+    if (this.tokenTypeEmbeddings) {
+      const types = tokenTypeIds
+        ? this.tokenTypeEmbeddings.forward(tokenTypeIds)
+        : reshape(slice(this.tokenTypeEmbeddings.weight, 0, 0, 1), [1, 1, width]);
+      embedded = add(embedded, types);
+    } else if (tokenTypeIds) {
+      throw new Error('text encoder: token type ids were given, but the encoder has no token type table (typeVocabSize is 0)');
+    }
+    let x = this.embeddingNorm.forward(add(embedded, positions));
     for (const layer of this.layers.items) x = layer.forward(x, lengths);
     return x;
   }

@@ -1,13 +1,16 @@
-// LLaMA-style causal decoder: RMSNorm, rotate-half RoPE, SwiGLU MLP, untied LM head. Every
-// linear layer of the blocks is a LoRALinear whose update is off until `enableLora()`.
+// LLaMA-style causal decoder: RMSNorm, rotate-half RoPE, SwiGLU MLP, an LM head of its own or
+// tied to the token embedding, and grouped-query attention when there are fewer key/value
+// heads than query heads. Every linear layer of the blocks is a LoRALinear whose update is
+// off until `setLoraEnabled(true)`.
 //
-// Shapes: B sequences, T positions, D width, H heads, Dh = D / H, V vocabulary.
+// Shapes: B sequences, T positions, D width, H heads, Hkv key/value heads, Dh = D / H,
+// V vocabulary.
 import { applyRope, mergeHeads, ropeTables, scaledDotProductAttention, splitHeads } from '../../engine/nn/attention.ts';
 import { Embedding, Linear, LoRALinear, RMSNorm, type LoraOptions } from '../../engine/nn/layers.ts';
 import { Module, ModuleList } from '../../engine/nn/module.ts';
-import { add, mul, silu } from '../../engine/ops/index.ts';
+import { add, broadcastTo, matmul, mul, reshape, silu } from '../../engine/ops/index.ts';
 import type { Random } from '../../engine/random.ts';
-import { noGrad, type Tensor } from '../../engine/tensor.ts';
+import { fromHost, noGrad, type Tensor } from '../../engine/tensor.ts';
 
 export interface LlamaConfig {
   vocabSize: number;
@@ -18,6 +21,47 @@ export interface LlamaConfig {
   ropeTheta: number;
   rmsNormEps: number;
   maxPositions: number;
+  /** Key/value heads (HF num_key_value_heads); defaults to `heads`. Must divide `heads`. */
+  kvHeads?: number;
+  /** The LM head reuses the token embedding [V, D] (HF tie_word_embeddings). */
+  tieWordEmbeddings?: boolean;
+  /**
+   * Computes RoPE angles in f32 arithmetic as HF LlamaRotaryEmbedding does, instead of f64.
+   * The two differ by up to one f32 rounding of the angle, which grows with the position.
+   */
+  ropeFloat32Angles?: boolean;
+}
+
+/**
+ * cos and sin tables [T, Dh] for positions offset..offset+T-1, rounded to f32 at each step
+ * the way HF LlamaRotaryEmbedding computes them: inv_freq = 1 / theta^(2i/Dh) and
+ * angle = inv_freq · position in f32, then cos and sin of that f32 angle.
+ */
+export function float32RopeTables(seqLen: number, headDim: number, theta: number, offset = 0): { cos: Tensor; sin: Tensor } {
+  const half = headDim / 2;
+  const f32 = Math.fround;
+  const inverseFrequencies = Array.from({ length: half }, (_, i) => f32(1 / f32(f32(theta) ** f32((2 * i) / headDim))));
+  const cos = new Float32Array(seqLen * headDim);
+  const sin = new Float32Array(seqLen * headDim);
+  for (let t = 0; t < seqLen; t++) {
+    for (let i = 0; i < half; i++) {
+      const angle = f32(inverseFrequencies[i] * (t + offset));
+      for (const column of [i, i + half]) {
+        cos[t * headDim + column] = Math.cos(angle);
+        sin[t * headDim + column] = Math.sin(angle);
+      }
+    }
+  }
+  return { cos: fromHost(cos, [seqLen, headDim]), sin: fromHost(sin, [seqLen, headDim]) };
+}
+
+/** Repeats each of Hkv heads H / Hkv times: [B, Hkv, T, Dh] → [B, H, T, Dh] (HF repeat_kv). */
+export function repeatKeyValueHeads(x: Tensor, heads: number): Tensor {
+  const [batch, kvHeads, seqLen, headDim] = x.shape;
+  if (kvHeads === heads) return x;
+  const groups = heads / kvHeads;
+  const expanded = broadcastTo(reshape(x, [batch, kvHeads, 1, seqLen, headDim]), [batch, kvHeads, groups, seqLen, headDim]);
+  return reshape(expanded, [batch, heads, seqLen, headDim]);
 }
 
 export class LlamaAttention extends Module {
@@ -28,18 +72,24 @@ export class LlamaAttention extends Module {
 
   constructor(readonly config: LlamaConfig, rng: Random, lora: LoraOptions) {
     super();
-    const width = config.hiddenSize;
+    const { hiddenSize: width, heads } = config;
+    const kvHeads = config.kvHeads ?? heads;
+    if (width % heads !== 0 || heads % kvHeads !== 0) {
+      throw new Error(`decoder: width ${width}, ${heads} heads and ${kvHeads} key/value heads do not fit; the width must divide by the heads and the heads by the key/value heads`);
+    }
+    const kvWidth = (width / heads) * kvHeads;
     this.qProj = this.addModule('q_proj', new LoRALinear(width, width, rng, lora, { bias: false }));
-    this.kProj = this.addModule('k_proj', new LoRALinear(width, width, rng, lora, { bias: false }));
-    this.vProj = this.addModule('v_proj', new LoRALinear(width, width, rng, lora, { bias: false }));
+    this.kProj = this.addModule('k_proj', new LoRALinear(width, kvWidth, rng, lora, { bias: false }));
+    this.vProj = this.addModule('v_proj', new LoRALinear(width, kvWidth, rng, lora, { bias: false }));
     this.oProj = this.addModule('o_proj', new LoRALinear(width, width, rng, lora, { bias: false }));
   }
 
   forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
     const heads = this.config.heads;
+    const kvHeads = this.config.kvHeads ?? heads;
     const q = applyRope(splitHeads(this.qProj.forward(x), heads), cos, sin);
-    const k = applyRope(splitHeads(this.kProj.forward(x), heads), cos, sin);
-    const v = splitHeads(this.vProj.forward(x), heads);
+    const k = repeatKeyValueHeads(applyRope(splitHeads(this.kProj.forward(x), kvHeads), cos, sin), heads);
+    const v = repeatKeyValueHeads(splitHeads(this.vProj.forward(x), kvHeads), heads);
     return this.oProj.forward(mergeHeads(scaledDotProductAttention(q, k, v, { causal: true })));
   }
 }
@@ -87,7 +137,8 @@ export class LlamaDecoder extends Module {
   readonly embedTokens: Embedding;
   readonly layers: ModuleList<LlamaLayer>;
   readonly norm: RMSNorm;
-  readonly lmHead: Linear;
+  /** Null when the LM head is tied to the token embedding. */
+  readonly lmHead: Linear | null;
 
   constructor(readonly config: LlamaConfig, rng: Random, readonly lora: LoraOptions) {
     super();
@@ -95,7 +146,7 @@ export class LlamaDecoder extends Module {
     this.embedTokens = this.addModule('model.embed_tokens', new Embedding(vocabSize, width, rng));
     this.layers = this.addModule('model.layers', new ModuleList(Array.from({ length: layers }, () => new LlamaLayer(config, rng, lora))));
     this.norm = this.addModule('model.norm', new RMSNorm(width, config.rmsNormEps));
-    this.lmHead = this.addModule('lm_head', new Linear(width, vocabSize, rng, { bias: false }));
+    this.lmHead = config.tieWordEmbeddings ? null : this.addModule('lm_head', new Linear(width, vocabSize, rng, { bias: false }));
   }
 
   /** All LoRALinear layers of the blocks. */
@@ -129,13 +180,19 @@ export class LlamaDecoder extends Module {
       throw new Error(`decoder: sequence of ${seqLen} positions exceeds maxPositions ${this.config.maxPositions}; shorten the report or the context`);
     }
     const headDim = this.config.hiddenSize / this.config.heads;
-    const { cos, sin } = noGrad(() => ropeTables(seqLen, headDim, this.config.ropeTheta));
+    const tables = this.config.ropeFloat32Angles ? float32RopeTables : ropeTables;
+    const { cos, sin } = noGrad(() => tables(seqLen, headDim, this.config.ropeTheta));
     let x = inputs;
     for (const layer of this.layers.items) x = layer.forward(x, cos, sin);
     return this.norm.forward(x);
   }
 
+  /** hidden [..., D] → logits [..., V]. */
   logits(hidden: Tensor): Tensor {
-    return this.lmHead.forward(hidden);
+    if (this.lmHead) return this.lmHead.forward(hidden);
+    const leading = hidden.shape.slice(0, -1);
+    const rows = leading.reduce((p, d) => p * d, 1);
+    const flat = reshape(hidden, [rows, this.config.hiddenSize]);
+    return reshape(matmul(flat, this.embedTokens.weight, { transB: true }), [...leading, this.config.vocabSize]);
   }
 }

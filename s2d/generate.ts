@@ -1,5 +1,7 @@
 // Report generation from the image context C1 alone, and frozen image-feature extraction.
-import { fromHost, keep, noGrad, tidy, type Tensor } from '../engine/tensor.ts';
+import { reshape } from '../engine/ops/index.ts';
+import { concat, slice } from '../engine/ops/shape.ts';
+import { fromHost, noGrad, tidy, type Tensor } from '../engine/tensor.ts';
 import type { SpecialIds } from './batches.ts';
 import type { S2DAlign } from './model.ts';
 import { patchify } from './models/vit.ts';
@@ -55,40 +57,55 @@ export function argmaxAllowed(values: ArrayLike<number>, offset: number, count: 
 export interface GenerateOptions {
   maxTokens: number;
   ids: SpecialIds;
-  /** Called after each decoding step with the tokens so far (for streaming). */
-  onStep?: (tokens: number[][]) => void;
+  /** Called after each decoding step with the tokens so far (for streaming); may return a promise. */
+  onStep?: (tokens: number[][]) => void | Promise<void>;
 }
 
-/** Greedy decoding for a batch of images given their features [B, 1 + P, Dv]. */
+/**
+ * Greedy decoding for a batch of images given their features [B, 1 + P, Dv], from the image
+ * context C1 alone. The decoder keeps a key/value cache, so each step runs one position.
+ */
 export async function generateGreedy(model: S2DAlign, features: Tensor, options: GenerateOptions): Promise<number[][]> {
   const { maxTokens, ids } = options;
   const batch = features.shape[0];
-  const context = keep(noGrad(() => tidy(() => model.visualContext(features))));
   const tokens: number[][] = Array.from({ length: batch }, () => []);
   const finished = new Array<boolean>(batch).fill(false);
   const banned = bannedTokens(ids);
+  const cache = model.decoder.createCache();
   try {
+    // The first step reads [C1 ; <bos>]; later steps read only the newest token.
+    let logits = noGrad(() =>
+      tidy(() => {
+        const context = model.visualContext(features);
+        const bos = model.decoder.embed(fromHost(new Int32Array(batch).fill(ids.bos), [batch, 1]));
+        return lastPositionLogits(model, model.decoder.forwardHidden(concat([context, bos], 1), cache));
+      }),
+    );
     for (let step = 0; step < maxTokens && finished.some((f) => !f); step++) {
-      const length = step + 1;
-      const inputIds = new Int32Array(batch * length);
-      for (let row = 0; row < batch; row++) inputIds.set([ids.bos, ...tokens[row]], row * length);
-      const logits = noGrad(() => tidy(() => model.nextTokenLogits(context, fromHost(inputIds, [batch, length]))));
       const values = await logits.data();
       logits.dispose();
       const vocab = values.length / batch;
+      const next = new Int32Array(batch);
       for (let row = 0; row < batch; row++) {
-        if (finished[row]) {
-          tokens[row].push(ids.pad);
-          continue;
-        }
-        const best = argmaxAllowed(values, row * vocab, vocab, banned);
+        const best = finished[row] ? ids.pad : argmaxAllowed(values, row * vocab, vocab, banned);
         if (best === ids.eos) finished[row] = true;
-        tokens[row].push(best === ids.eos ? ids.pad : best);
+        next[row] = best;
+        if (!finished[row]) tokens[row].push(best);
       }
-      options.onStep?.(tokens);
+      await options.onStep?.(tokens);
+      if (step + 1 >= maxTokens || finished.every((f) => f)) break;
+      logits = noGrad(() => tidy(() => lastPositionLogits(model, model.decoder.forwardHidden(model.decoder.embed(fromHost(next, [batch, 1])), cache))));
     }
+    if (!logits.disposed) logits.dispose();
   } finally {
-    context.dispose();
+    cache.dispose();
   }
-  return tokens.map((list) => list.filter((id) => id !== ids.pad));
+  return tokens;
+}
+
+/** hidden [B, T, Dl] → logits of the last position [B, V]. */
+function lastPositionLogits(model: S2DAlign, hidden: Tensor): Tensor {
+  const [batch, length] = hidden.shape;
+  const last = slice(hidden, 1, length - 1, length);
+  return reshape(model.decoder.logits(last), [batch, model.vocabSize]);
 }

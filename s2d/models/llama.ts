@@ -8,9 +8,10 @@
 import { applyRope, mergeHeads, ropeTables, scaledDotProductAttention, splitHeads } from '../../engine/nn/attention.ts';
 import { Embedding, Linear, LoRALinear, RMSNorm, type LoraOptions } from '../../engine/nn/layers.ts';
 import { Module, ModuleList } from '../../engine/nn/module.ts';
-import { add, broadcastTo, matmul, mul, reshape, silu } from '../../engine/ops/index.ts';
+import { add, affine, broadcastTo, matmul, mul, reshape, silu } from '../../engine/ops/index.ts';
+import { concat } from '../../engine/ops/shape.ts';
 import type { Random } from '../../engine/random.ts';
-import { fromHost, noGrad, type Tensor } from '../../engine/tensor.ts';
+import { fromHost, keep, noGrad, type Tensor } from '../../engine/tensor.ts';
 
 export interface LlamaConfig {
   vocabSize: number;
@@ -84,13 +85,20 @@ export class LlamaAttention extends Module {
     this.oProj = this.addModule('o_proj', new LoRALinear(width, width, rng, lora, { bias: false }));
   }
 
-  forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  /**
+   * x [B, T, D] → [B, T, D]. With `cache`, x holds the positions after the cached ones: their
+   * keys and values are appended to layer `layer` of the cache.
+   */
+  forward(x: Tensor, cos: Tensor, sin: Tensor, cache?: KvCache, layer = 0): Tensor {
     const heads = this.config.heads;
     const kvHeads = this.config.kvHeads ?? heads;
     const q = applyRope(splitHeads(this.qProj.forward(x), heads), cos, sin);
-    const k = repeatKeyValueHeads(applyRope(splitHeads(this.kProj.forward(x), kvHeads), cos, sin), heads);
-    const v = repeatKeyValueHeads(splitHeads(this.vProj.forward(x), kvHeads), heads);
-    return this.oProj.forward(mergeHeads(scaledDotProductAttention(q, k, v, { causal: true })));
+    let k = applyRope(splitHeads(this.kProj.forward(x), kvHeads), cos, sin);
+    let v = splitHeads(this.vProj.forward(x), kvHeads);
+    const queryOffset = cache ? cache.length : 0;
+    if (cache) [k, v] = cache.append(layer, k, v);
+    const attended = scaledDotProductAttention(q, repeatKeyValueHeads(k, heads), repeatKeyValueHeads(v, heads), { causal: true, queryOffset });
+    return this.oProj.forward(mergeHeads(attended));
   }
 }
 
@@ -127,8 +135,8 @@ export class LlamaLayer extends Module {
     this.mlp = this.addModule('mlp', new LlamaMlp(config, rng, lora));
   }
 
-  forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-    const attended = add(x, this.attention.forward(this.inputNorm.forward(x), cos, sin));
+  forward(x: Tensor, cos: Tensor, sin: Tensor, cache?: KvCache, layer = 0): Tensor {
+    const attended = add(x, this.attention.forward(this.inputNorm.forward(x), cos, sin, cache, layer));
     return add(attended, this.mlp.forward(this.postAttentionNorm.forward(attended)));
   }
 }
@@ -173,18 +181,30 @@ export class LlamaDecoder extends Module {
     return this.embedTokens.forward(ids);
   }
 
-  /** inputs [B, T, D] (embedded tokens, possibly after a soft-token prefix) → hidden [B, T, D]. */
-  forwardHidden(inputs: Tensor): Tensor {
+  /**
+   * inputs [B, T, D] (embedded tokens, possibly after a soft-token prefix) → hidden [B, T, D].
+   * With `cache`, inputs continue the cached positions, and the cache grows by T.
+   */
+  forwardHidden(inputs: Tensor, cache?: KvCache): Tensor {
     const seqLen = inputs.shape[1];
-    if (seqLen > this.config.maxPositions) {
-      throw new Error(`decoder: sequence of ${seqLen} positions exceeds maxPositions ${this.config.maxPositions}; shorten the report or the context`);
+    const offset = cache ? cache.length : 0;
+    if (offset + seqLen > this.config.maxPositions) {
+      throw new Error(`decoder: sequence of ${offset + seqLen} positions exceeds maxPositions ${this.config.maxPositions}; shorten the report or the context`);
     }
     const headDim = this.config.hiddenSize / this.config.heads;
     const tables = this.config.ropeFloat32Angles ? float32RopeTables : ropeTables;
-    const { cos, sin } = noGrad(() => tables(seqLen, headDim, this.config.ropeTheta));
+    const { cos, sin } = noGrad(() => tables(seqLen, headDim, this.config.ropeTheta, offset));
     let x = inputs;
-    for (const layer of this.layers.items) x = layer.forward(x, cos, sin);
+    this.layers.items.forEach((layer, i) => {
+      x = layer.forward(x, cos, sin, cache, i);
+    });
+    if (cache) cache.length += seqLen;
     return this.norm.forward(x);
+  }
+
+  /** An empty key/value cache for incremental decoding with `forwardHidden`. */
+  createCache(): KvCache {
+    return new KvCache(this.config.layers);
   }
 
   /** hidden [..., D] → logits [..., V]. */
@@ -195,4 +215,45 @@ export class LlamaDecoder extends Module {
     const flat = reshape(hidden, [rows, this.config.hiddenSize]);
     return reshape(matmul(flat, this.embedTokens.weight, { transB: true }), [...leading, this.config.vocabSize]);
   }
+}
+
+/**
+ * Keys and values of the positions decoded so far, per layer, each [B, Hkv, T, Dh] after RoPE.
+ * The tensors are kept out of tidy scopes; `dispose()` frees them.
+ */
+export class KvCache {
+  /** Positions cached so far. */
+  length = 0;
+  private readonly keys: Array<Tensor | null>;
+  private readonly values: Array<Tensor | null>;
+
+  constructor(layers: number) {
+    this.keys = new Array(layers).fill(null);
+    this.values = new Array(layers).fill(null);
+  }
+
+  /** Appends new keys and values [B, Hkv, T, Dh] to `layer`; returns the full ones. */
+  append(layer: number, k: Tensor, v: Tensor): [Tensor, Tensor] {
+    const oldKeys = this.keys[layer];
+    const oldValues = this.values[layer];
+    const keys = keep(oldKeys ? concat([oldKeys, k], 2) : copyOf(k));
+    const values = keep(oldValues ? concat([oldValues, v], 2) : copyOf(v));
+    oldKeys?.dispose();
+    oldValues?.dispose();
+    this.keys[layer] = keys;
+    this.values[layer] = values;
+    return [keys, values];
+  }
+
+  dispose(): void {
+    for (const t of [...this.keys, ...this.values]) t?.dispose();
+    this.keys.fill(null);
+    this.values.fill(null);
+    this.length = 0;
+  }
+}
+
+/** A tensor with its own storage, so disposing the original leaves it intact. */
+function copyOf(x: Tensor): Tensor {
+  return affine(x, 1);
 }

@@ -28,6 +28,7 @@ async function timeSteps(label: string, parameters: ReturnType<typeof model.para
   for (const p of parameters) p.requiresGrad = true;
   const optimizer = new AdamW(parameters, { lr: 1e-4 });
   const times: number[] = [];
+  const recordTimes: number[] = [];
   let counts = new Map<string, number>();
   for (let step = 0; step < 6; step++) {
     const started = performance.now();
@@ -38,16 +39,34 @@ async function timeSteps(label: string, parameters: ReturnType<typeof model.para
       optimizer.zeroGrad();
       return value;
     });
+    recordTimes.push(performance.now() - started);
     await loss.item();
     loss.dispose();
     times.push(performance.now() - started);
     if (device instanceof WebGpuDevice) counts = device.takeDispatchCounts();
   }
+  if (device instanceof WebGpuDevice && device.startProfile()) {
+    const loss = tidy(() => {
+      const value = makeLoss();
+      value.backward();
+      optimizer.step();
+      optimizer.zeroGrad();
+      return value;
+    });
+    await loss.item();
+    loss.dispose();
+    const profile = await device.stopProfile();
+    const rows = [...profile].sort((a, b) => b[1].ms - a[1].ms);
+    const total = rows.reduce((sum, [, entry]) => sum + entry.ms, 0);
+    console.log(`  GPU time by kernel (timestamp queries, one step, ${total.toFixed(0)} ms in all):`);
+    for (const [label, entry] of rows.slice(0, 12)) console.log(`    ${entry.ms.toFixed(1).padStart(7)} ms  ${String(entry.count).padStart(4)}×  ${label}`);
+  }
   optimizer.dispose();
   const warm = times.slice(2).sort((a, b) => a - b);
   const median = warm[Math.floor(warm.length / 2)];
   const dispatches = [...counts.values()].reduce((a, b) => a + b, 0);
-  console.log(`${label}: median ${median.toFixed(0)} ms/step over ${warm.length} warm steps (first ${times[0].toFixed(0)} ms), ${dispatches} dispatches/step`);
+  const recording = recordTimes.slice(2).sort((a, b) => a - b)[Math.floor(warm.length / 2)];
+  console.log(`${label}: median ${median.toFixed(0)} ms/step over ${warm.length} warm steps (first ${times[0].toFixed(0)} ms), ${dispatches} dispatches/step, ${recording.toFixed(0)} ms of it recording on the CPU`);
   console.log(`  ${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 }
 

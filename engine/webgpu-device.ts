@@ -17,6 +17,8 @@ function GPUBufferUsage_COPY_DST(): number { return 0x0008; }
 const USAGE_MAP_READ = 0x0001;
 const USAGE_UNIFORM = 0x0040;
 const MAP_MODE_READ = 0x0001;
+/** Dispatches one profile can time (two timestamps each). */
+const PROFILE_CAPACITY = 2048;
 
 export class GpuStorage implements Storage {
   refs = 1;
@@ -61,11 +63,12 @@ export class WebGpuDevice implements Device {
 
   // GPU throughput estimate (flops per ms) used to sleep before awaiting a readback, so the
   // Node binding does not spin the main thread while the GPU works.
-  private flopsPerMs = 2e6;
+  private flopsPerMs = 2e7;
   private errors: string[] = [];
   /** Dispatches recorded per kernel name since the last `takeDispatchCounts()`. */
   private dispatchCounts = new Map<string, number>();
   private compileMs = 0;
+  private profiler: { querySet: GPUQuerySet; labels: string[] } | null = null;
   private lost: string | null = null;
 
   constructor(
@@ -137,11 +140,14 @@ export class WebGpuDevice implements Device {
     }
     const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
 
-    const pass = this.currentPass();
+    const profiled = this.profiler !== null && this.profiler.labels.length < PROFILE_CAPACITY;
+    if (profiled) this.endPass();
+    const pass = profiled ? this.profiledPass(kernel.name, program.key) : this.currentPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     const [x, y, z] = program.workgroups;
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    if (profiled) this.endPass();
 
     this.lastKernel = kernel.name;
     this.pendingDispatches += 1;
@@ -156,15 +162,16 @@ export class WebGpuDevice implements Device {
     const staging = this.takeStaging(byteSize);
     this.endPass();
     this.currentEncoder().copyBufferToBuffer(source.buffer, 0, staging, 0, byteSize);
-    const expectedMs = this.estimateMs();
+    const flops = this.pendingFlops;
+    const sleepMs = this.estimateMs() * 0.8;
     const started = performance.now();
     this.submit();
 
     // Sleep for most of the expected GPU time before the promise exists: Dawn's Node binding
     // busy-polls while a WebGPU promise is pending, which takes a core away from lavapipe.
-    if (expectedMs > 2) await new Promise((resolve) => setTimeout(resolve, expectedMs * 0.8));
+    if (sleepMs > 2) await new Promise((resolve) => setTimeout(resolve, sleepMs));
     await staging.mapAsync(MAP_MODE_READ, 0, byteSize);
-    this.learnThroughput(performance.now() - started, expectedMs);
+    this.learnThroughput(flops, sleepMs > 2 ? sleepMs : 0, performance.now() - started);
 
     const bytes = new Uint8Array(staging.getMappedRange(0, byteSize)).slice();
     staging.unmap();
@@ -200,6 +207,50 @@ export class WebGpuDevice implements Device {
   /** Pipelines compiled so far and the JavaScript-side time spent creating them. */
   compileStats(): { pipelines: number; milliseconds: number } {
     return { pipelines: this.pipelines.size, milliseconds: this.compileMs };
+  }
+
+  /**
+   * Starts recording GPU time per dispatch with timestamp queries (each dispatch then gets
+   * its own compute pass). Returns false when the adapter lacks `timestamp-query`.
+   */
+  startProfile(): boolean {
+    if (!this.device.features.has('timestamp-query')) return false;
+    this.flush();
+    const querySet = this.device.createQuerySet({ type: 'timestamp', count: PROFILE_CAPACITY * 2 });
+    this.profiler = { querySet, labels: [] };
+    return true;
+  }
+
+  /**
+   * Stops profiling and returns GPU milliseconds per kernel (name and program key), summed
+   * over the dispatches recorded since `startProfile`, at most 2,048 of them (a query set holds 4,096 timestamps).
+   */
+  async stopProfile(): Promise<Map<string, { ms: number; count: number }>> {
+    const profiler = this.profiler;
+    this.profiler = null;
+    const totals = new Map<string, { ms: number; count: number }>();
+    if (!profiler || profiler.labels.length === 0) return totals;
+    const count = profiler.labels.length * 2;
+    const resolved = this.device.createBuffer({ size: count * 8, usage: 0x0200 /* QUERY_RESOLVE */ | GPUBufferUsage_COPY_SRC() });
+    const staging = this.device.createBuffer({ size: count * 8, usage: USAGE_MAP_READ | GPUBufferUsage_COPY_DST() });
+    this.endPass();
+    const encoder = this.currentEncoder();
+    encoder.resolveQuerySet(profiler.querySet, 0, count, resolved, 0);
+    encoder.copyBufferToBuffer(resolved, 0, staging, 0, count * 8);
+    await this.sync();
+    await staging.mapAsync(MAP_MODE_READ);
+    const stamps = new BigUint64Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    profiler.labels.forEach((label, i) => {
+      const ms = Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e6;
+      const entry = totals.get(label) ?? { ms: 0, count: 0 };
+      entry.ms += ms;
+      entry.count += 1;
+      totals.set(label, entry);
+    });
+    for (const buffer of [resolved, staging]) buffer.destroy();
+    profiler.querySet.destroy();
+    return totals;
   }
 
   /** Returns and resets the number of dispatches per kernel name. */
@@ -293,6 +344,16 @@ export class WebGpuDevice implements Device {
     return this.encoder;
   }
 
+  private profiledPass(name: string, key: string): GPUComputePassEncoder {
+    const profiler = this.profiler!;
+    const index = profiler.labels.length;
+    profiler.labels.push(`${name} ${key}`);
+    this.pass = this.currentEncoder().beginComputePass({
+      timestampWrites: { querySet: profiler.querySet, beginningOfPassWriteIndex: 2 * index, endOfPassWriteIndex: 2 * index + 1 },
+    });
+    return this.pass;
+  }
+
   private currentPass(): GPUComputePassEncoder {
     if (!this.pass) this.pass = this.currentEncoder().beginComputePass();
     return this.pass;
@@ -328,13 +389,22 @@ export class WebGpuDevice implements Device {
     return ms;
   }
 
-  private learnThroughput(actualMs: number, expectedMs: number): void {
-    if (expectedMs <= 0 || actualMs <= 0) return;
-    // actual ≥ the sleep; if the GPU finished well after the sleep, the estimate was too
-    // optimistic, so lower the throughput; if the map resolved right after it, raise it.
-    const ratio = expectedMs / actualMs;
-    const clamped = Math.min(1.25, Math.max(0.5, ratio * 1.05));
-    this.flopsPerMs = Math.min(1e9, Math.max(1e4, this.flopsPerMs * clamped));
+  /**
+   * Updates the throughput estimate after a readback that slept `sleptMs` and finished after
+   * `actualMs`. If the map resolved well after the sleep, the GPU was busy for about
+   * `actualMs`, which gives the throughput directly; if it resolved right after the sleep,
+   * the sleep was too long, so the estimate rises until the sleeps undershoot again.
+   */
+  private learnThroughput(flops: number, sleptMs: number, actualMs: number): void {
+    // Small batches are dominated by fixed costs (submit, map) and would skew the estimate.
+    if (flops < 1e7 || actualMs <= 0) return;
+    if (actualMs > sleptMs * 1.1 + 1) {
+      const measured = flops / actualMs;
+      this.flopsPerMs = Math.sqrt(this.flopsPerMs * measured);
+    } else {
+      this.flopsPerMs *= 2;
+    }
+    this.flopsPerMs = Math.min(1e9, Math.max(1e4, this.flopsPerMs));
   }
 
   private takeStaging(byteSize: number): GPUBuffer {

@@ -11,8 +11,8 @@
 //   subgroupBroadcast shares each loaded row with the whole subgroup. A lane then loads only
 //   R / L rows of A per step (R = 32 and L = 8 on lavapipe).
 // - blocked variant, for adapters without subgroups: every lane loads all R ≤ 4 rows.
-// Neither variant uses workgroup memory. CPU implementations such as lavapipe run it slower
-// than storage loads, which is the opposite of a real GPU.
+// Neither variant uses workgroup memory, because lavapipe runs workgroup-memory tiling
+// slower than plain storage loads (the opposite of a real GPU).
 //
 // Loads clamp rows and columns past the edge of C into range (the lane computes values it
 // never stores), so the inner loop has no bounds checks. K is split into full steps of 4 and
@@ -32,16 +32,13 @@ export interface MatmulShape {
   strideB: number;
 }
 
-/**
- * Rows of C per workgroup in the subgroup variant. On lavapipe 16 rows ran 30 % slower at
- * 1024³, and more rows than 32 need more accumulator registers than the CPU has.
- */
+/** Rows of C per workgroup in the subgroup variant. On lavapipe at 1024³, 16 and 64 ran slower. */
 const SUBGROUP_ROWS = 32;
 /** Rows of C per workgroup in the blocked variant. */
 const BLOCKED_ROWS = 4;
 /** Columns of C per lane, one vec4. */
 const LANE_COLUMNS = 4;
-/** Lanes per workgroup unless subgroups are larger. On lavapipe 64 and 128 ran at the same speed. */
+/** Lanes per workgroup unless subgroups are larger. On lavapipe 64 and 128 ran equally fast, 16 slower. */
 const WORKGROUP_SIZE = 64;
 
 /** Everything about the generated code that depends on the shape and the adapter. */
@@ -49,7 +46,7 @@ export interface MatmulPlan {
   variant: 'subgroup' | 'blocked';
   /** R: rows of C per workgroup, and the number of vec4 accumulators per lane. */
   rows: number;
-  /** L: lanes that split the loading of A's rows; 1 in the blocked variant. */
+  /** L: lanes that split the loading of A's rows, or 1 in the blocked variant. */
   loadLanes: number;
   workgroupSize: number;
   /**
@@ -64,10 +61,16 @@ export interface MatmulPlan {
   layoutB: 'rows4' | 'rows1' | 'trans4' | 'trans1';
   /** Whether C is written as vec4 (N % 4 == 0). */
   vec4C: boolean;
+  /** Whether K % 4 != 0, so that loads past K must read 0 (see maskedLoaders). */
+  remainderK: boolean;
 }
 
 function nextPowerOfTwo(value: number): number {
   return 2 ** Math.ceil(Math.log2(Math.max(1, value)));
+}
+
+function previousPowerOfTwo(value: number): number {
+  return 2 ** Math.floor(Math.log2(Math.max(1, value)));
 }
 
 /** Rows of A that one lane loads as one value per k: 4 with the 'trans4' layout, else 1. */
@@ -79,17 +82,24 @@ function rowsPerLoad(layoutA: MatmulPlan['layoutA']): number {
  * Picks the variant and tile sizes for `shape` on an adapter with `caps`.
  *
  * NOTE: the subgroup variant is correct for any subgroup size of at least L, but only when
- * every subgroup is full: lanes 0..L-1 must be active, because the others read their rows of
- * A from those lanes. L ≤ subgroupMinSize, and the workgroup size is a multiple of
- * subgroupMaxSize so that it splits into full subgroups. WebGPU does not promise that split,
- * but lavapipe (subgroup size 8) and SwiftShader (4) produce it.
+ * lanes 0..L-1 of every subgroup are active, because the other lanes read their rows of A
+ * from those lanes. L ≤ subgroupMinSize, and the workgroup size is a multiple of
+ * subgroupMaxSize so that it can split into full subgroups. WebGPU does not promise that
+ * split. The tests check it on lavapipe (subgroup size 8) only.
  */
 export function matmulPlan(shape: MatmulShape, caps: DeviceCaps): MatmulPlan {
   const { M, N, K, transA, transB, strideA, strideB } = shape;
 
+  // The subgroup variant's workgroup is a multiple of the largest subgroup size.
+  const subgroupWorkgroupSize = Math.max(WORKGROUP_SIZE, caps.subgroupMaxSize);
+  const subgroupsUsable =
+    caps.subgroups &&
+    caps.subgroupMinSize > 1 &&
+    subgroupWorkgroupSize <= caps.maxComputeInvocationsPerWorkgroup &&
+    subgroupWorkgroupSize <= caps.maxComputeWorkgroupSizeX;
+
   // Fewer rows per workgroup for small M (M = 1 when decoding), so that lanes do not compute
   // rows that do not exist.
-  const subgroupsUsable = caps.subgroups && caps.subgroupMinSize > 1;
   const rows = Math.min(subgroupsUsable ? SUBGROUP_ROWS : BLOCKED_ROWS, nextPowerOfTwo(M));
 
   let layoutA: MatmulPlan['layoutA'];
@@ -99,18 +109,13 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps): MatmulPlan {
   if (transB) layoutB = K % 4 === 0 && strideB % 4 === 0 ? 'trans4' : 'trans1';
   else layoutB = N % 4 === 0 && strideB % 4 === 0 ? 'rows4' : 'rows1';
 
-  const loadLanes = subgroupsUsable ? Math.min(caps.subgroupMinSize, rows / rowsPerLoad(layoutA)) : 1;
+  // A power of two, so that L divides R.
+  const loadLanes = subgroupsUsable ? previousPowerOfTwo(Math.min(caps.subgroupMinSize, rows / rowsPerLoad(layoutA))) : 1;
+  // With one loading lane (M = 1, or transA with M = 4) there is nothing to share.
   const variant = loadLanes > 1 ? 'subgroup' : 'blocked';
-  const workgroupSize = variant === 'subgroup' ? Math.max(WORKGROUP_SIZE, caps.subgroupMaxSize) : WORKGROUP_SIZE;
-  if (workgroupSize > caps.maxComputeInvocationsPerWorkgroup || workgroupSize > caps.maxComputeWorkgroupSizeX) {
-    throw new Error(
-      `matmul: a workgroup of ${workgroupSize} invocations exceeds this adapter's limits ` +
-        `(maxComputeInvocationsPerWorkgroup ${caps.maxComputeInvocationsPerWorkgroup}, ` +
-        `maxComputeWorkgroupSizeX ${caps.maxComputeWorkgroupSizeX}); run without subgroups`,
-    );
-  }
+  const workgroupSize = variant === 'subgroup' ? subgroupWorkgroupSize : WORKGROUP_SIZE;
 
-  return { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C: N % 4 === 0 };
+  return { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C: N % 4 === 0, remainderK: K % 4 !== 0 };
 }
 
 /** Generates the subgroup variant when `caps` has subgroups, else the blocked variant. */
@@ -119,16 +124,16 @@ export function matmulProgram(shape: MatmulShape, caps: DeviceCaps): WgslProgram
 }
 
 /**
- * WGSL functions that read A: the offset of a row, then the values for k..k+3 and for k.
- * With 'trans4' a load covers 4 rows: loadA4 returns a matrix whose column i is rows
- * row..row+3 at k+i, and loadA1 returns those 4 rows at k.
+ * WGSL functions that read A: the offset of a row, its values at k..k+3 (loadA4) and, for
+ * the layouts that allow K % 4 != 0, at k alone (loadA1). With 'trans4' a load covers 4 rows:
+ * loadA4 returns a matrix whose column i is rows row..row+3 at k+i, and loadA1 returns those
+ * 4 rows at k.
  */
 function loadersA(layout: MatmulPlan['layoutA']): string {
   switch (layout) {
     case 'rows4':
       return `fn rowOffsetA(base: u32, row: u32) -> u32 { return (base + row * params.K) / 4u; }
 fn loadA4(offset: u32, k: u32) -> vec4<f32> { return a[offset + k / 4u]; }
-fn loadA1(offset: u32, k: u32) -> f32 { return a[offset + k / 4u][k % 4u]; }
 `;
     case 'rows1':
       return `fn rowOffsetA(base: u32, row: u32) -> u32 { return base + row * params.K; }
@@ -157,7 +162,8 @@ fn loadA1(offset: u32, k: u32) -> f32 { return a[offset + k * params.M]; }
 
 /**
  * WGSL functions that read B at a lane's 4 columns: their offsets, the 4×4 tile of rows
- * k..k+3 (column i of the matrix is row k+i of B), and the single row k.
+ * k..k+3 (loadB4, whose column i is row k+i of B) and, for the layouts that allow
+ * K % 4 != 0, the single row k (loadB1).
  */
 function loadersB(layout: MatmulPlan['layoutB']): string {
   switch (layout) {
@@ -187,11 +193,6 @@ fn loadB4(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
       return `fn columnOffsetsB(base: u32, col: u32) -> vec4<u32> {
   let cols = min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.N - 1u));
   return (base + cols * params.K) / 4u;
-}
-fn loadB1(offsets: vec4<u32>, k: u32) -> vec4<f32> {
-  let step = k / 4u;
-  let i = k % 4u;
-  return vec4<f32>(b[offsets.x + step][i], b[offsets.y + step][i], b[offsets.z + step][i], b[offsets.w + step][i]);
 }
 fn loadB4(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
   let step = k / 4u;
@@ -238,21 +239,40 @@ function lines(count: number, line: (index: number) => string, indent = '  '): s
 }
 
 function planKey(plan: MatmulPlan): string {
-  const { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C } = plan;
-  return `${variant}:r${rows}:l${loadLanes}:w${workgroupSize}:a-${layoutA}:b-${layoutB}:c${vec4C ? 4 : 1}`;
+  const { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK } = plan;
+  const remainder = remainderK ? ':k-masked' : '';
+  return `${variant}:r${rows}:l${loadLanes}:w${workgroupSize}:a-${layoutA}:b-${layoutB}:c${vec4C ? 4 : 1}${remainder}`;
 }
 
 /** Generated WGSL by plan key. The plan fields take few values, so the cache stays small. */
 const codeCache = new Map<string, string>();
 
+/** Throws when `plan` cannot compute `shape`, such as a vec4 layout for unaligned rows. */
+function checkPlan(shape: MatmulShape, plan: MatmulPlan): void {
+  const { M, N, K, transA, transB, strideA, strideB } = shape;
+  const { rows, loadLanes, layoutA, layoutB } = plan;
+  const perLoad = rowsPerLoad(layoutA);
+  const problems: string[] = [];
+  if (rows % (loadLanes * perLoad) !== 0) problems.push(`${rows} rows do not split over ${loadLanes} lanes loading ${perLoad} rows each`);
+  if (plan.variant === 'blocked' && loadLanes !== 1) problems.push('the blocked variant needs loadLanes = 1');
+  if (layoutA.startsWith('trans') !== transA) problems.push(`layoutA ${layoutA} does not match transA = ${transA}`);
+  if (layoutB.startsWith('trans') !== transB) problems.push(`layoutB ${layoutB} does not match transB = ${transB}`);
+  if (layoutA === 'rows4' && (K % 4 !== 0 || strideA % 4 !== 0)) problems.push('rows4 A needs K and strideA divisible by 4');
+  if (layoutA === 'trans4' && (M % 4 !== 0 || strideA % 4 !== 0)) problems.push('trans4 A needs M and strideA divisible by 4');
+  if (layoutB === 'rows4' && (N % 4 !== 0 || strideB % 4 !== 0)) problems.push('rows4 B needs N and strideB divisible by 4');
+  if (layoutB === 'trans4' && (K % 4 !== 0 || strideB % 4 !== 0)) problems.push('trans4 B needs K and strideB divisible by 4');
+  if (plan.vec4C && N % 4 !== 0) problems.push('vec4 stores of C need N divisible by 4');
+  if (!plan.remainderK && K % 4 !== 0) problems.push('K is not divisible by 4, so loads past K must be masked');
+  if (problems.length > 0) {
+    throw new Error(`matmul: invalid plan ${planKey(plan)} for M=${M}, N=${N}, K=${K}: ${problems.join('; ')}`);
+  }
+}
+
 /** Generates the program for an explicit plan (tests use this to force a variant). */
 export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan): WgslProgram {
   const { batch, M, N, K, strideA, strideB } = shape;
   const { rows, loadLanes, workgroupSize } = plan;
-  const perLoad = rowsPerLoad(plan.layoutA);
-  if (rows % (loadLanes * perLoad) !== 0 || (plan.variant === 'blocked' && loadLanes !== 1)) {
-    throw new Error(`matmul: invalid plan ${planKey(plan)}: ${rows} rows do not split over ${loadLanes} lanes loading ${perLoad} rows each`);
-  }
+  checkPlan(shape, plan);
 
   // Workgroups: x over column blocks, y over row blocks, z over the batch. A batch over the
   // per-dimension limit folds into y, and the kernel unfolds it with `rowGroups`.
@@ -277,8 +297,8 @@ export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan): Wgsl
     ['rowGroups', 'u32', Math.max(1, rowGroups)],
   ];
 
-  // The code depends only on the plan, and generating it takes tens of microseconds, which
-  // is more than encoding the dispatch: cache it.
+  // The code depends only on the plan. Generating it took about 90 µs on a 2-core VM, far
+  // more than encoding the dispatch, so it is cached.
   const key = planKey(plan);
   let code = codeCache.get(key);
   if (code === undefined) {
@@ -288,8 +308,31 @@ export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan): Wgsl
   return { key, code, workgroups, params };
 }
 
+/**
+ * WGSL functions that replace loadA4 and loadB4 when K % 4 != 0: values at k ≥ K read as 0,
+ * so the last step of 4 may run past K. Zeroing both sides keeps an Inf in A or B from
+ * turning into 0 · Inf = NaN.
+ */
+function maskedLoaders(layoutA: MatmulPlan['layoutA']): string {
+  const valueA = rowsPerLoad(layoutA) === 4 ? 'vec4<f32>' : 'f32';
+  const stepA = rowsPerLoad(layoutA) === 4 ? 'mat4x4<f32>' : 'vec4<f32>';
+  return `fn loadA1Masked(offset: u32, k: u32) -> ${valueA} {
+  return select(${valueA}(0.0), loadA1(offset, min(k, params.K - 1u)), k < params.K);
+}
+fn loadA4Masked(offset: u32, k: u32) -> ${stepA} {
+  return ${stepA}(loadA1Masked(offset, k), loadA1Masked(offset, k + 1u), loadA1Masked(offset, k + 2u), loadA1Masked(offset, k + 3u));
+}
+fn loadB1Masked(offsets: vec4<u32>, k: u32) -> vec4<f32> {
+  return select(vec4<f32>(0.0), loadB1(offsets, min(k, params.K - 1u)), k < params.K);
+}
+fn loadB4Masked(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(loadB1Masked(offsets, k), loadB1Masked(offsets, k + 1u), loadB1Masked(offsets, k + 2u), loadB1Masked(offsets, k + 3u));
+}
+`;
+}
+
 function generateCode(plan: MatmulPlan, params: WgslProgram['params']): string {
-  const { rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C } = plan;
+  const { rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK } = plan;
   const subgroup = plan.variant === 'subgroup';
   const perLoad = rowsPerLoad(layoutA);
   const slots = rows / (loadLanes * perLoad);
@@ -307,29 +350,25 @@ function generateCode(plan: MatmulPlan, params: WgslProgram['params']): string {
     storageBinding(2, 'c', vec4C ? 'vec4<f32>' : 'f32', 'read_write') +
     uniformBinding(3, params);
 
-  // Shares what lane j loaded into slot g with the whole subgroup as `shared{g}_{j}`.
+  // Shares what lane j loaded into slot g with the whole subgroup as `shared{g}_{j}`, the
+  // k-vector of one row (or, with perLoad = 4, a matrix whose column i is row i's k-vector).
   const broadcast = (value: string, lane: number) => (subgroup ? `subgroupBroadcast(${value}, ${lane}u)` : value);
-  const share = (g: number, j: number, fullStep: boolean) => {
-    if (perLoad === 1 || !fullStep) return `let shared${g}_${j} = ${broadcast(`a${g}`, j)};`;
-    // 'trans4' in a full step: rebuild the k-vectors of the 4 rows from the 4 columns.
+  const share = (g: number, j: number) => {
+    if (perLoad === 1) return `let shared${g}_${j} = ${broadcast(`a${g}`, j)};`;
     const columns = [0, 1, 2, 3].map((i) => broadcast(`a${g}[${i}]`, j)).join(', ');
     return `let shared${g}_${j} = transpose(mat4x4<f32>(${columns}));`;
   };
-  const step = (fullStep: boolean) => {
-    const load = fullStep ? 'loadA4' : 'loadA1';
-    const tile = fullStep ? 'tile' : 'row';
-    let body = lines(slots, (g) => `let a${g} = ${load}(offsetA${g}, k);`, '    ');
-    for (let g = 0; g < slots; g++) body += lines(loadLanes, (j) => share(g, j, fullStep), '    ');
-    body += lines(rows, (r) => `acc${r} += ${tile} * shared${slotOf(r)}_${laneOf(r)}${component(r)};`, '    ');
-    return body;
-  };
+  const masked = remainderK ? 'Masked' : '';
+  let stepBody = lines(slots, (g) => `let a${g} = loadA4${masked}(offsetA${g}, k);`, '    ');
+  for (let g = 0; g < slots; g++) stepBody += lines(loadLanes, (j) => share(g, j), '    ');
+  stepBody += lines(rows, (r) => `acc${r} += tile * shared${slotOf(r)}_${laneOf(r)}${component(r)};`, '    ');
 
   const laneBuiltin = subgroup ? ', @builtin(subgroup_invocation_id) subgroupLane: u32' : '';
   const laneIndex = subgroup ? `subgroupLane % ${loadLanes}u` : '0u';
   return `${subgroup ? 'enable subgroups;\n\n' : ''}${bindings}
 ${loadersA(layoutA)}
 ${loadersB(layoutB)}
-${storeC(vec4C)}
+${remainderK ? `${maskedLoaders(layoutA)}\n` : ''}${storeC(vec4C)}
 @compute @workgroup_size(${workgroupSize})
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id) local: vec3<u32>${laneBuiltin}) {
   let batchIndex = group.z + (group.y / params.rowGroups) * ${MAX_WORKGROUPS_PER_DIMENSION}u;
@@ -340,21 +379,18 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id) l
   let laneRow = rowBase + ${laneIndex} * ${perLoad}u;
 ${lines(slots, (g) => `let offsetA${g} = rowOffsetA(batchIndex * params.strideA, min(laneRow + ${g * loadLanes * perLoad}u, params.M - ${perLoad}u));`)}
 ${lines(rows, (r) => `var acc${r} = vec4<f32>();`)}
-  let fullSteps = params.K / 4u;
-  for (var step = 0u; step < fullSteps; step++) {
+  let steps = ${remainderK ? '(params.K + 3u) / 4u' : 'params.K / 4u'};
+  for (var step = 0u; step < steps; step++) {
     let k = step * 4u;
-    let tile = loadB4(offsetsB, k);
-${step(true)}  }
-  for (var k = fullSteps * 4u; k < params.K; k++) {
-    let row = loadB1(offsetsB, k);
-${step(false)}  }
+    let tile = loadB4${masked}(offsetsB, k);
+${stepBody}  }
 
   let baseC = batchIndex * params.M * params.N;
 ${lines(rows, (r) => `storeRow(baseC, rowBase + ${r}u, col, acc${r});`)}}
 `;
 }
 
-/** One invocation per output element: a second, simple reference for tests. */
+/** Generates the naive program, one invocation per output element, which tests use as a second reference. */
 export function matmulNaiveProgram(shape: MatmulShape): WgslProgram {
   const { batch, M, N, K, transA, transB, strideA, strideB } = shape;
   const tile = 8;

@@ -8,7 +8,7 @@ import { compare, cpu, randomArray, runOn, webgpu } from './helpers.ts';
 
 type MatmulParams = { transA: boolean; transB: boolean };
 
-/** The engine's matmul kernel with its WGSL program generated for other adapter caps. */
+/** Builds the engine's matmul kernel with its WGSL program generated for other adapter caps. */
 function kernelWithCaps(name: string, adjust: (caps: DeviceCaps) => DeviceCaps): Kernel<MatmulParams> {
   return defineKernel({
     ...matmulKernel,
@@ -23,9 +23,9 @@ const naiveKernel = defineKernel({
   wgsl: ([a, b], params) => matmulNaiveProgram(matmulShape(a, b, params).shape),
 });
 
-// The variants under test. On lavapipe `adapter` is the subgroup variant for L = 8 lanes;
-// `subgroup4` generates it for a subgroup size of 4 (as on SwiftShader) while the adapter
-// runs 8-wide subgroups; `blocked` is the fallback for adapters without subgroups.
+// The variants under test. On lavapipe `adapter` is the subgroup variant with 8 lanes that
+// load rows of A. `subgroup4` generates it for a subgroup size of 4 (as on SwiftShader) while
+// the adapter runs 8-wide subgroups. `blocked` is the fallback for adapters without subgroups.
 const variants: Array<[string, Kernel<MatmulParams>]> = [
   ['adapter', matmulKernel],
   ['blocked', kernelWithCaps('matmul-blocked', (caps) => ({ ...caps, subgroups: false }))],
@@ -40,7 +40,7 @@ interface Case {
   transB?: boolean;
 }
 
-/** The four transpose combinations of C[M, N] = A[M, K] · B[K, N], with batch axes in front. */
+/** Lists the four transpose combinations of C[M, N] = A[M, K] · B[K, N], with batch axes in front. */
 function allTransposes(M: number, N: number, K: number, batchA: number[] = [], batchB: number[] = []): Case[] {
   const cases: Case[] = [];
   for (const transA of [false, true]) {
@@ -63,7 +63,7 @@ const cases: Case[] = [
   ...allTransposes(65, 127, 130),
   ...allTransposes(127, 257, 65),
   ...allTransposes(130, 65, 127),
-  // Multiples of 4 (vec4 loaders and stores) with an M that leaves a partial row block.
+  // N and K multiples of 4 (vec4 loads and stores), with an M that leaves a partial row block.
   ...allTransposes(257, 68, 132),
   ...allTransposes(33, 260, 36),
   // M = 1 (decoding) and K = 1 (outer product).

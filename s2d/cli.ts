@@ -27,10 +27,15 @@ Usage:
       --epoch-scale  multiplies every epoch count, e.g. 0.25 for a quick run (default 1)
   s2d generate --model DIR --image FILE [--max-tokens N] [--device auto|webgpu|cpu]
       Writes a report for one PNG or JPEG chest X-ray with a model saved by "s2d train".
-  s2d export --model DIR --out DIR [--f16]   Writes the inference-only model folder that the browser page loads (--f16: F16 weights).
-  s2d tokenize --tokenizer PATH (--text STRING [--bos] | --decode --ids JSON)   Prints token ids or decoded text (--help: all options).
-  s2d inspect FILE   Lists the tensors (dtype, shape, bytes) and totals of a .safetensors file, a model.safetensors.index.json or a PyTorch .bin/.pt.
-  s2d convert --in FILE.bin --out FILE.safetensors   Converts a PyTorch checkpoint to safetensors without running code from it.
+  s2d export --model DIR --out DIR [--f16]
+      Writes the inference-only model folder that the browser page loads (--f16: F16 weights).
+  s2d tokenize --tokenizer PATH (--text STRING [--bos] | --decode --ids JSON)
+      Prints token ids as one JSON array, or decoded text (--help: all options).
+  s2d inspect FILE
+      Lists the tensors (dtype, shape, bytes) of a .safetensors file, a sharded index or a
+      PyTorch .bin/.pt; exit code 1 and one error line for a malformed file.
+  s2d convert --in FILE.bin --out FILE.safetensors
+      Converts a PyTorch checkpoint to safetensors without running code from it.
   s2d plan --preset paper [--vision DIR --text DIR --llm DIR] [--weights f16|f32] [--max-binding SIZE] [--memory SIZE]
       Prints the memory plan of the paper-size model for an adapter's limits (--help: all options).
   s2d check-hf (--vision DIR | --text DIR | --llm DIR) [--device auto|webgpu|cpu]

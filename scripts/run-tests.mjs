@@ -3,9 +3,13 @@
 // file, not the run), prints each file's output, and ends with one line of totals:
 // "N passed, N failed" (plus ", N skipped" when some were skipped).
 //
+// When Chromium's SwiftShader Vulkan driver is installed, the kernel test files run a second
+// time on it (subgroup size 4, where lavapipe has 8), so subgroup code is checked on two
+// sizes. S2D_TEST_SWIFTSHADER=0 skips that pass.
+//
 // Usage: node scripts/run-tests.mjs [substring ...]   runs only files whose name contains one.
 import { spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -16,11 +20,15 @@ const files = readdirSync(join(root, 'test'))
   .filter((name) => filters.length === 0 || filters.some((f) => name.includes(f)))
   .sort();
 
-function runFile(name) {
+const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
+// Files whose tests run kernels on the WebGPU device.
+const KERNEL_FILES = ['matmul', 'elementwise', 'softmax', 'norm', 'loss', 'shape', 'embedding', 'dropout', 'mask', 'optim', 'device', 'generate', 'golden'];
+
+function runFile(name, extraEnv = {}) {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', './scripts/register-ts.mjs', join('test', name)], {
       cwd: root,
-      env: { ...process.env, FORCE_COLOR: '0' },
+      env: { ...process.env, FORCE_COLOR: '0', ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
@@ -40,16 +48,25 @@ function readTotals(output) {
   return { total: number('Total'), passed: number('Passed'), skipped: number('Skipped') ?? 0 };
 }
 
+const runs = files.map((name) => ({ name, label: name, env: {} }));
+if (process.env.S2D_TEST_SWIFTSHADER !== '0' && existsSync(SWIFTSHADER_ICD)) {
+  for (const name of files) {
+    if (KERNEL_FILES.some((stem) => name === `${stem}.test.ts`)) {
+      runs.push({ name, label: `${name} on SwiftShader`, env: { VK_ICD_FILENAMES: SWIFTSHADER_ICD } });
+    }
+  }
+}
+
 let passed = 0;
 let failed = 0;
 let skipped = 0;
-for (const name of files) {
-  process.stdout.write(`\n# ${name}\n`);
-  const { output, code, signal } = await runFile(name);
+for (const { name, label, env } of runs) {
+  process.stdout.write(`\n# ${label}\n`);
+  const { output, code, signal } = await runFile(name, env);
   const totals = readTotals(output);
   if (totals.total === null || totals.passed === null) {
     // The file crashed before uvu printed its summary: count it as one failure.
-    process.stdout.write(`# ${name}: no uvu summary (exit code ${code}, signal ${signal}); counted as 1 failed\n`);
+    process.stdout.write(`# ${label}: no uvu summary (exit code ${code}, signal ${signal}); counted as 1 failed\n`);
     failed += 1;
     continue;
   }

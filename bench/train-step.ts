@@ -30,15 +30,18 @@ async function timeSteps(label: string, parameters: ReturnType<typeof model.para
   const times: number[] = [];
   const recordTimes: number[] = [];
   let counts = new Map<string, number>();
-  for (let step = 0; step < 6; step++) {
-    const started = performance.now();
-    const loss = tidy(() => {
+  // Records one forward, backward and optimizer step; returns the loss tensor.
+  const recordStep = () =>
+    tidy(() => {
       const value = makeLoss();
       value.backward();
       optimizer.step();
       optimizer.zeroGrad();
       return value;
     });
+  for (let step = 0; step < 6; step++) {
+    const started = performance.now();
+    const loss = recordStep();
     recordTimes.push(performance.now() - started);
     await loss.item();
     loss.dispose();
@@ -46,13 +49,7 @@ async function timeSteps(label: string, parameters: ReturnType<typeof model.para
     if (device instanceof WebGpuDevice) counts = device.takeDispatchCounts();
   }
   if (device instanceof WebGpuDevice && device.startProfile()) {
-    const loss = tidy(() => {
-      const value = makeLoss();
-      value.backward();
-      optimizer.step();
-      optimizer.zeroGrad();
-      return value;
-    });
+    const loss = recordStep();
     await loss.item();
     loss.dispose();
     const profile = await device.stopProfile();

@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { setDevice } from '../engine/devices.ts';
 import { fromHost, noGrad, tidy } from '../engine/tensor.ts';
-import { batchesOf, decoderBatch, type PreparedSample } from '../s2d/batches.ts';
+import { decoderBatch, type PreparedSample } from '../s2d/batches.ts';
 import { encodeModel, loadModel, type SavedConfig } from '../s2d/checkpoint.ts';
 import { TINY, type S2DConfig } from '../s2d/config.ts';
 import { loadAnnotation } from '../s2d/data/annotation.ts';
@@ -44,6 +44,16 @@ async function prepare(model: S2DAlign, vocab: Vocabulary, entries: Array<{ id: 
     const report = cleanReport(entry.report);
     return { id: entry.id, features: features[i], report, reportIds: vocab.encode(report, { maxLength: 24, addEos: false }), referenceIds: [], phraseIds: [] };
   });
+}
+
+function joinChunks(chunks: Uint8Array[]): Uint8Array {
+  const bytes = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
 }
 
 test('PAG stage 1 lowers the loss on real samples (webgpu)', async () => {
@@ -92,13 +102,7 @@ test('saved model loads back with equal generations (cpu)', async () => {
   // Non-zero LoRA B so the update matters in the comparison.
   for (const layer of model.decoder.loraLayers()) layer.loraB.assign(new Random(3).normalArray(layer.loraB.size, 0.05));
   const saved: SavedConfig = { format: 's2d-align', version: 1, config: MICRO, vocabSize: 40, loraEnabled: true };
-  const chunks = await encodeModel(model, saved);
-  const bytes = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
+  const bytes = joinChunks(await encodeModel(model, saved));
   const loaded = await loadModel(saved, bytesSource(bytes, 'model.safetensors'));
   const tokens = model.vision.patchCount + 1;
   const features = new Random(4).normalArray(2 * tokens * MICRO.vision.hiddenSize, 1);
@@ -114,13 +118,7 @@ test('loading rejects a checkpoint of another shape', async () => {
   setDevice(new CpuDevice());
   const model = new S2DAlign(MICRO, 40, 9);
   const saved: SavedConfig = { format: 's2d-align', version: 1, config: MICRO, vocabSize: 40, loraEnabled: false };
-  const chunks = await encodeModel(model, saved);
-  const bytes = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
+  const bytes = joinChunks(await encodeModel(model, saved));
   const other: SavedConfig = { ...saved, vocabSize: 41 };
   try {
     await loadModel(other, bytesSource(bytes, 'model.safetensors'));
@@ -128,7 +126,6 @@ test('loading rejects a checkpoint of another shape', async () => {
   } catch (error) {
     assert.match((error as Error).message, /model\.safetensors: tensor "text\.embeddings\.word_embeddings\.weight" has shape \[41, 64\], the model expects \[42, 64\]/);
   }
-  void batchesOf;
 });
 
 test.run();

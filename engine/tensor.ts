@@ -35,14 +35,14 @@ const leakRegistry = new FinalizationRegistry<LeakRecord>(({ storage, device, de
   leakHandler(leakedTensors, description);
 });
 
-/** Sets the function told about tensors collected without dispose(); returns the previous one. */
+/** Sets the function called for tensors collected without dispose(); returns the previous one. */
 export function setLeakHandler(handler: (count: number, example: string) => void): (count: number, example: string) => void {
   const previous = leakHandler;
   leakHandler = handler;
   return previous;
 }
 
-/** How many tensors were collected without dispose() so far. */
+/** Returns how many tensors were collected without dispose() so far. */
 export function leakedTensorCount(): number {
   return leakedTensors;
 }
@@ -281,14 +281,18 @@ export function fromHost(data: TypedArray, shape: readonly number[], dtype: DTyp
   if (data.length !== sizeOf(shape)) {
     throw new Error(`tensor: ${data.length} values do not fill shape ${shapeString(shape)} (${sizeOf(shape)} elements)`);
   }
-  const typed = dtype === 'f32' ? (data instanceof Float32Array ? data : Float32Array.from(data)) : data instanceof Int32Array ? data : Int32Array.from(data);
+  let typed: TypedArray;
+  if (dtype === 'f32') typed = data instanceof Float32Array ? data : Float32Array.from(data);
+  else typed = data instanceof Int32Array ? data : Int32Array.from(data);
   const out = new Tensor(device.upload(typed), shape, dtype, device);
   if (dtype === 'i32') out.hostData = typed.slice();
   return out;
 }
 
 export function tensor(values: number[] | TypedArray, shape?: readonly number[], dtype: DType = 'f32'): Tensor {
-  const typed = Array.isArray(values) ? (dtype === 'f32' ? Float32Array.from(values) : Int32Array.from(values)) : values;
+  let typed: TypedArray;
+  if (!Array.isArray(values)) typed = values;
+  else typed = dtype === 'f32' ? Float32Array.from(values) : Int32Array.from(values);
   return fromHost(typed, shape ?? [typed.length], dtype);
 }
 
@@ -300,7 +304,7 @@ export function full(shape: readonly number[], value: number, device: Device = g
   return fromHost(new Float32Array(sizeOf(shape)).fill(value), shape, 'f32', device);
 }
 
-/** A trainable leaf tensor (requiresGrad, kept out of tidy scopes). */
+/** Creates a trainable leaf tensor (requiresGrad, kept out of tidy scopes). */
 export function parameter(data: Float32Array, shape: readonly number[], name?: string, device: Device = getDevice()): Tensor {
   const out = keep(fromHost(data, shape, 'f32', device));
   out.requiresGrad = true;

@@ -223,7 +223,7 @@ export class WebGpuDevice implements Device {
 
   /**
    * Stops profiling and returns GPU milliseconds per kernel (name and program key), summed
-   * over the dispatches recorded since `startProfile`, at most 2,048 of them (a query set holds 4,096 timestamps).
+   * over the dispatches recorded since `startProfile`, at most 2,048 of them (one query set has room for 4,096 timestamps).
    */
   async stopProfile(): Promise<Map<string, { ms: number; count: number }>> {
     const profiler = this.profiler;
@@ -391,9 +391,9 @@ export class WebGpuDevice implements Device {
 
   /**
    * Updates the throughput estimate after a readback that slept `sleptMs` and finished after
-   * `actualMs`. If the map resolved well after the sleep, the GPU was busy for about
-   * `actualMs`, which gives the throughput directly; if it resolved right after the sleep,
-   * the sleep was too long, so the estimate rises until the sleeps undershoot again.
+   * `actualMs`. A map that resolved well after the sleep means the GPU was busy for about
+   * `actualMs`, which gives the throughput directly. A map that resolved right after the
+   * sleep means the sleep was too long, so the estimate doubles until sleeps undershoot.
    */
   private learnThroughput(flops: number, sleptMs: number, actualMs: number): void {
     // Small batches are dominated by fixed costs (submit, map) and would skew the estimate.

@@ -138,7 +138,6 @@ export const sumToKernel = defineKernel<SumToParams>({
     return [{ shape, dtype: 'f32' }];
   },
   cpu([x], [out], [sx], { shape }) {
-    const inStrides = stridesOf(sx.shape);
     const outStrides = stridesOf(shape);
     const index = new Array<number>(sx.shape.length).fill(0);
     for (let i = 0; i < x.length; i++) {
@@ -149,7 +148,6 @@ export const sumToKernel = defineKernel<SumToParams>({
         if (++index[axis] < sx.shape[axis]) break;
         index[axis] = 0;
       }
-      void inStrides;
     }
   },
   wgsl: ([x], { shape }) => sumToProgram(x.shape, shape),

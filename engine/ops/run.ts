@@ -32,7 +32,7 @@ export function record(out: Tensor, inputs: Tensor[], backward: (grad: Tensor) =
 
 export function assertDtype(op: string, tensor: Tensor, dtype: 'f32' | 'i32'): void {
   if (tensor.dtype !== dtype) {
-    throw new Error(`${op}: expected a ${dtype} tensor, got ${tensor.describe()}`);
+    throw new Error(`${op}: expected an ${dtype} tensor, got ${tensor.describe()}`);
   }
 }
 

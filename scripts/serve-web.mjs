@@ -135,7 +135,8 @@ async function main() {
 
   const server = createStaticServer(root);
   server.on('error', (error) => {
-    log(`server error: ${error.message}`);
+    const hint = error.code === 'EADDRINUSE' ? '; pass --port N to use another port' : '';
+    log(`server error: ${error.message}${hint}`);
     process.exit(1);
   });
   server.listen(port, HOST, () => {

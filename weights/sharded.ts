@@ -46,7 +46,7 @@ export class ShardedCheckpoint {
     const { metadata = {}, weight_map: weightMap } = parsed as { metadata?: unknown; weight_map?: unknown };
     if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) fail(`"metadata" is not a JSON object; ${REDOWNLOAD}`);
     if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
-      fail(`"weight_map" is ${weightMap === undefined ? 'missing' : 'not a JSON object'}, expected {"tensor name": "shard file", ...}; ${REDOWNLOAD}`);
+      fail(`"weight_map" is ${weightMap === undefined ? 'missing' : 'not a JSON object'}, so this is not a sharded-checkpoint index (expected {"tensor name": "shard file", ...}); pass a model.safetensors file or a model.safetensors.index.json`);
     }
 
     const map = new Map<string, string>();

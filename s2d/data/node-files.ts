@@ -21,7 +21,7 @@ async function readLocal(path: string, description: string): Promise<Buffer> {
     return await readFile(path);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new Error(`${description} not found: ${path}; check the path and the dataset folder`);
+    if (code === 'ENOENT') throw new Error(`${description} not found: ${path}; check the path`);
     if (code === 'EISDIR') throw new Error(`${description} ${path} is a directory, expected a file`);
     throw error;
   }

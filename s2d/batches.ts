@@ -10,6 +10,22 @@ export interface SpecialIds {
   eos: number;
   /** The unknown-word id, when the vocabulary has one. */
   unk?: number;
+  /**
+   * Framing and padding ids of text-encoder inputs, when the text encoder has a tokenizer of
+   * its own (a BERT checkpoint). Without them the inputs are the raw ids, padded with 0.
+   */
+  text?: TextEncoderIds;
+}
+
+/** Special ids of a text encoder's tokenizer. */
+export interface TextEncoderIds {
+  pad: number;
+  /** Put first in every text ([CLS] for BERT). */
+  cls?: number;
+  /** Put last in every text ([SEP] for BERT). */
+  sep?: number;
+  /** Maximum ids per text, [CLS] and [SEP] included: the encoder's position limit. */
+  maxLength: number;
 }
 
 export interface PreparedSample {
@@ -20,9 +36,14 @@ export interface PreparedSample {
   report: string;
   /** Report word ids, truncated, without <bos>/<eos>. */
   reportIds: number[];
-  /** Reference-report word ids (another training study's report). */
+  /**
+   * The report in the text encoder's ids, when its tokenizer differs from the decoder's
+   * (otherwise reportIds serve both).
+   */
+  textIds?: number[];
+  /** Reference-report ids for the text encoder (another training study's report). */
   referenceIds: number[];
-  /** Word ids of each key phrase extracted from the report. */
+  /** Text-encoder ids of each key phrase extracted from the report. */
   phraseIds: number[][];
 }
 
@@ -55,9 +76,23 @@ export function decoderBatch(samples: PreparedSample[], featureShape: [number, n
     features: fromHost(features, [samples.length, tokens, width]),
     inputIds: fromHost(inputIds, [samples.length, length]),
     targets: fromHost(targets, [samples.length, length]),
-    reference: tokenBatch(samples.map((s) => s.referenceIds)),
-    phrases: tokenBatch(phraseLists),
+    reference: textBatch(samples.map((s) => s.referenceIds), ids.text),
+    phrases: textBatch(phraseLists, ids.text),
   };
+}
+
+/** Frames each list as [CLS] … [SEP] within the encoder's position limit, then pads. */
+function textBatch(lists: number[][], text: TextEncoderIds | undefined): TokenBatch {
+  if (!text) return tokenBatch(lists);
+  const { cls, sep, pad, maxLength } = text;
+  const specials = Number(cls !== undefined) + Number(sep !== undefined);
+  const framed = lists.map((list) => {
+    const out = list.slice(0, maxLength - specials);
+    if (cls !== undefined) out.unshift(cls);
+    if (sep !== undefined) out.push(sep);
+    return out;
+  });
+  return tokenBatch(framed, pad);
 }
 
 /** Joins up to `count` phrases drawn without replacement, in report order. */

@@ -17,16 +17,29 @@ import { TerminalProgress } from './terminal-progress.ts';
 const USAGE = `s2d: S2D-Align radiology report generation on a WebGPU engine
 
 Usage:
-  s2d train --data DIR --out DIR [--preset tiny] [--device auto|webgpu|cpu] [--epoch-scale F]
-      Pretrains the decoder and text encoder, runs PAG stages 1 → 2 → 3, generates reports
-      for the test split, prints BLEU-1..4 and ROUGE-L, and saves the model to --out.
+  s2d train --data DIR --out DIR [--preset tiny|paper] [--device auto|webgpu|cpu] [--epoch-scale F] [--batch-size N]
+      Pretrains the decoder and text encoder (tiny preset only), runs PAG stages 1 → 2 → 3,
+      generates reports for the test split, prints BLEU-1..4 and ROUGE-L, and saves the model.
       --data         folder with annotation.json (R2Gen layout) and images/
       --out          output folder for model.safetensors, config.json, vocab.json
-      --preset       model size (default tiny)
+      --preset       tiny (random models, word-level vocabulary; the default) or paper
       --device       auto tries WebGPU, then falls back to the CPU device (default auto)
       --epoch-scale  multiplies every epoch count, e.g. 0.25 for a quick run (default 1)
+      --batch-size   samples per training step (default: the preset's, 8 tiny, 64 paper)
+  s2d train --preset paper --vision DIR --text DIR --llm DIR --data DIR --out DIR [--llm-tokenizer PATH] [--text-tokenizer PATH]
+      Trains around Hugging Face checkpoints, after checking the memory plan against the adapter;
+      --device, --epoch-scale and --batch-size work as above.
+      --vision          Dinov2Model folder (Rad-DINO); its image size and preprocessor_config.json
+                        image_mean/image_std set the image input
+      --text            BERT folder (CXR-BERT); its tokenizer.json or vocab.txt encodes the text
+      --llm             LlamaForCausalLM folder (Vicuna-7B v1.5); its tokenizer.json encodes reports
+      --llm-tokenizer   tokenizer.json (or a folder with one) in place of the --llm folder's
+      --text-tokenizer  tokenizer.json or vocab.txt (or a folder) in place of the --text folder's
+      --out then contains the trained parts only: model.safetensors (memory bank, SMA adapters),
+      adapter/ (LoRA in PEFT's layout), tokenizer.json and config.json naming the three folders.
   s2d generate --model DIR --image FILE [--max-tokens N] [--device auto|webgpu|cpu]
-      Writes a report for one PNG or JPEG chest X-ray with a model saved by "s2d train".
+      Writes a report for one PNG or JPEG chest X-ray with a model saved by "s2d train". For a
+      paper-mode model the frozen base is loaded from the folders named in its config.json.
   s2d export --model DIR --out DIR [--f16]
       Writes the inference-only model folder that the browser page loads (--f16: F16 weights).
   s2d tokenize --tokenizer PATH (--text STRING [--bos] | --decode --ids JSON)
@@ -63,19 +76,47 @@ async function train(args: string[]): Promise<number> {
       preset: { type: 'string', default: 'tiny' },
       device: { type: 'string' },
       'epoch-scale': { type: 'string', default: '1' },
+      'batch-size': { type: 'string' },
+      vision: { type: 'string' },
+      text: { type: 'string' },
+      llm: { type: 'string' },
+      'llm-tokenizer': { type: 'string' },
+      'text-tokenizer': { type: 'string' },
     },
   });
   if (!values.data) return fail('train needs --data DIR (a folder with annotation.json and images/)');
   if (!values.out) return fail('train needs --out DIR (where the trained model is saved)');
-  const config = PRESETS[values.preset!];
-  if (!config) return fail(`unknown --preset ${values.preset}; available: ${Object.keys(PRESETS).join(', ')}`);
+  const preset = PRESETS[values.preset!];
+  if (!preset) return fail(`unknown --preset ${values.preset}; available: ${Object.keys(PRESETS).join(', ')}`);
   const epochScale = Number(values['epoch-scale']);
   if (!(epochScale > 0)) return fail(`--epoch-scale ${values['epoch-scale']} is invalid; use a positive number`);
+  const batchSize = values['batch-size'] === undefined ? preset.training.batchSize : Number(values['batch-size']);
+  if (!(Number.isInteger(batchSize) && batchSize > 0)) return fail(`--batch-size ${values['batch-size']} is invalid; use a positive integer`);
+  const config = { ...preset, training: { ...preset.training, batchSize } };
+
+  const paper = { vision: values.vision, text: values.text, llm: values.llm, llmTokenizer: values['llm-tokenizer'], textTokenizer: values['text-tokenizer'] };
+  const paperMode = values.preset === 'paper';
+  const paperCommands = await import('./commands/paper.ts');
+  if (paperMode) {
+    const problem = await paperCommands.checkPaperArgs(paper);
+    if (problem) return fail(problem);
+  } else {
+    const paperOptions: Record<string, string | undefined> = {
+      '--vision': paper.vision,
+      '--text': paper.text,
+      '--llm': paper.llm,
+      '--llm-tokenizer': paper.llmTokenizer,
+      '--text-tokenizer': paper.textTokenizer,
+    };
+    const given = Object.keys(paperOptions).filter((option) => paperOptions[option] !== undefined);
+    if (given.length > 0) return fail(`${given.join(', ')}: only valid with --preset paper`);
+  }
 
   const started = performance.now();
   const progress = new TerminalProgress();
   const device = await initDevice(deviceKind(values.device), { warn: (m) => process.stderr.write(`${m}\n`) });
-  const result = await runMainJob({ dataDir: resolve(values.data), files: nodeFiles, config, device, progress, epochScale });
+  const opened = paperMode ? await paperCommands.openPaperFromArgs(paper, config, device) : undefined;
+  const result = await runMainJob({ dataDir: resolve(values.data), files: nodeFiles, config, device, progress, epochScale, pretrained: opened?.setup });
 
   const { scores } = result;
   progress.log('');
@@ -86,13 +127,20 @@ async function train(args: string[]): Promise<number> {
   }
 
   const outDir = resolve(values.out);
-  await mkdir(outDir, { recursive: true });
-  const saved: SavedConfig = { format: 's2d-align', version: 1, config, vocabSize: result.vocab.size, loraEnabled: result.loraEnabled };
-  await writeFileAtomic(join(outDir, WEIGHTS_FILE), await encodeModel(result.model, saved));
-  await writeTextAtomic(join(outDir, CONFIG_FILE), `${JSON.stringify(saved, null, 2)}\n`);
-  await writeTextAtomic(join(outDir, VOCAB_FILE), `${JSON.stringify(result.vocab.toJSON())}\n`);
+  let written: string[];
+  if (opened) {
+    written = await paperCommands.savePaperModel(outDir, result, opened);
+  } else {
+    const vocab = result.vocab!;
+    await mkdir(outDir, { recursive: true });
+    const saved: SavedConfig = { format: 's2d-align', version: 1, config, vocabSize: vocab.size, loraEnabled: result.loraEnabled };
+    await writeFileAtomic(join(outDir, WEIGHTS_FILE), await encodeModel(result.model, saved));
+    await writeTextAtomic(join(outDir, CONFIG_FILE), `${JSON.stringify(saved, null, 2)}\n`);
+    await writeTextAtomic(join(outDir, VOCAB_FILE), `${JSON.stringify(vocab.toJSON())}\n`);
+    written = [WEIGHTS_FILE, CONFIG_FILE, VOCAB_FILE];
+  }
   const minutes = (performance.now() - started) / 60000;
-  progress.log(`\nsaved the model to ${outDir} (${WEIGHTS_FILE}, ${CONFIG_FILE}, ${VOCAB_FILE}); total time ${minutes.toFixed(1)} min`);
+  progress.log(`\nsaved the model to ${outDir} (${written.join(', ')}); total time ${minutes.toFixed(1)} min`);
   progress.log(`next: node scripts/s2d.mjs generate --model ${values.out} --image FILE`);
   return 0;
 }
@@ -116,15 +164,22 @@ async function generate(args: string[]): Promise<number> {
   const saved = parseSavedConfig(await readFile(configPath, 'utf8').catch(() => {
     throw new Error(`${configPath}: file not found; point --model at a folder written by "s2d train"`);
   }), configPath);
+  const maxTokens = values['max-tokens'] ? Number(values['max-tokens']) : saved.config.data.maxReportTokens;
+  if (!(Number.isInteger(maxTokens) && maxTokens > 0)) return fail(`--max-tokens ${values['max-tokens']} is invalid; use a positive integer`);
+  if (saved.hf) {
+    const report = await (await import('./commands/paper.ts')).generatePaperReport(saved, modelDir, values.image, maxTokens);
+    process.stdout.write(`${report}\n`);
+    return 0;
+  }
+
   const vocabPath = join(modelDir, VOCAB_FILE);
   const vocab = Vocabulary.fromJSON(JSON.parse(await readFile(vocabPath, 'utf8')));
   const weights = await fileSource(join(modelDir, WEIGHTS_FILE));
   const model = await loadModel(saved, weights);
   await weights.close?.();
 
-  const maxTokens = values['max-tokens'] ? Number(values['max-tokens']) : saved.config.data.maxReportTokens;
-  if (!(Number.isInteger(maxTokens) && maxTokens > 0)) return fail(`--max-tokens ${values['max-tokens']} is invalid; use a positive integer`);
-  const image = await loadImage(nodeFiles, resolve(values.image), { size: saved.config.vision.imageSize });
+  const { imageMean, imageStd } = saved.config.data;
+  const image = await loadImage(nodeFiles, resolve(values.image), { size: saved.config.vision.imageSize, mean: imageMean, std: imageStd });
   const [features] = await extractImageFeatures(model, [image], 1);
   const width = saved.config.vision.hiddenSize;
   const featureTensor = noGrad(() => fromHost(features, [1, features.length / width, width]));

@@ -1,7 +1,9 @@
-// Model and training configuration, with the `tiny` preset that trains on two CPU cores.
+// Model and training configuration, with the `tiny` preset that trains on two CPU cores and
+// the `paper` preset (s2d/hf/paper.ts) built from Hugging Face checkpoints.
 import type { BertConfig } from './models/bert.ts';
 import type { LlamaConfig } from './models/llama.ts';
 import type { VitConfig } from './models/vit.ts';
+import { PAPER_PRESET } from './hf/paper.ts';
 
 export interface StageConfig {
   /** 1: image context; 2: adds the reference report; 3: adds key phrases. */
@@ -17,7 +19,16 @@ export interface S2DConfig {
   decoder: Omit<LlamaConfig, 'vocabSize'>;
   memory: { queries: number; heads: number; mlpWidth: number };
   lora: { rank: number; alpha: number; dropout: number };
-  data: { maxReportTokens: number; maxReferenceTokens: number; maxPhraseTokens: number; keyPhrases: number; minWordCount: number };
+  data: {
+    maxReportTokens: number;
+    maxReferenceTokens: number;
+    maxPhraseTokens: number;
+    keyPhrases: number;
+    minWordCount: number;
+    /** Per-channel (RGB) mean and standard deviation of the image input; default 0.5 and 0.25 on every channel. */
+    imageMean?: number[];
+    imageStd?: number[];
+  };
   training: {
     batchSize: number;
     warmupSteps: number;
@@ -57,4 +68,10 @@ export const TINY: S2DConfig = {
   },
 };
 
-export const PRESETS: Record<string, S2DConfig> = { tiny: TINY };
+/** Returns a copy of a model config without vocabSize, which S2DConfig leaves to the tokenizer or checkpoint. */
+export function withoutVocabSize<T extends { vocabSize: number }>(config: T): Omit<T, 'vocabSize'> {
+  const { vocabSize, ...rest } = config;
+  return rest;
+}
+
+export const PRESETS: Record<string, S2DConfig> = { tiny: TINY, paper: PAPER_PRESET };

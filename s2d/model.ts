@@ -10,7 +10,7 @@ import { crossEntropy } from '../engine/ops/loss.ts';
 import { concat, slice } from '../engine/ops/shape.ts';
 import { Random } from '../engine/random.ts';
 import { fromHost, parameter, type Tensor } from '../engine/tensor.ts';
-import type { S2DConfig } from './config.ts';
+import { withoutVocabSize, type S2DConfig } from './config.ts';
 import { MaskedLmHead, TextEncoder } from './models/bert.ts';
 import { LlamaDecoder } from './models/llama.ts';
 import { MemoryAdapter } from './models/sma.ts';
@@ -24,34 +24,81 @@ export interface TokenBatch {
   lengths: Tensor; // i32 [B]
 }
 
+/** Pretrained modules that S2DAlign.fromParts wraps in place of randomly initialised ones. */
+export interface S2DParts {
+  /** A frozen ViT, e.g. loadDinov2's (Rad-DINO). */
+  vision: VisionTransformer;
+  /** A frozen BERT encoder, e.g. loadBert's (CXR-BERT). */
+  textEncoder: TextEncoder;
+  /** A LLaMA decoder with LoRA layers, e.g. loadLlama's (Vicuna). */
+  decoder: LlamaDecoder;
+}
+
 export class S2DAlign extends Module {
   readonly vision: VisionTransformer;
   readonly textEncoder: TextEncoder;
-  readonly mlmHead: MaskedLmHead;
+  /** The tiny text encoder's masked-LM pretraining head; null for a pretrained encoder. */
+  readonly mlmHead: MaskedLmHead | null;
   readonly memoryBank: Tensor;
   readonly smaV: MemoryAdapter;
   readonly smaT: MemoryAdapter;
   readonly smaP: MemoryAdapter;
   readonly decoder: LlamaDecoder;
 
-  constructor(readonly config: S2DConfig, readonly vocabSize: number, seed = config.training.seed) {
+  /**
+   * Builds the model with random weights from `config` (the tiny preset), or around the
+   * pretrained `parts` (see fromParts). `vocabSize` is the decoder's vocabulary.
+   */
+  constructor(readonly config: S2DConfig, readonly vocabSize: number, seed = config.training.seed, parts?: S2DParts) {
     super();
     const rng = new Random(seed);
     const { vision, text, decoder, memory, lora } = config;
-    // The text encoder has one extra row: the [MASK] token of masked-LM pretraining.
-    const textConfig = { ...text, vocabSize: vocabSize + 1 };
-    this.vision = this.addModule('vision', new VisionTransformer(vision, rng));
-    this.textEncoder = this.addModule('text', new TextEncoder(textConfig, rng));
-    this.mlmHead = this.addModule('text_mlm_head', new MaskedLmHead(textConfig, rng));
+    if (parts) {
+      const widths = [parts.vision.config.hiddenSize, parts.textEncoder.config.hiddenSize, parts.decoder.config.hiddenSize, parts.decoder.config.vocabSize];
+      const expected = [vision.hiddenSize, text.hiddenSize, decoder.hiddenSize, vocabSize];
+      if (widths.some((width, i) => width !== expected[i])) {
+        throw new Error(`S2DAlign: the parts' widths (vision, text, decoder, vocabulary) are ${widths.join(', ')} but the config has ${expected.join(', ')}; build it with S2DAlign.fromParts`);
+      }
+      // Pretrained encoders: no masked-LM head and no extra [MASK] row.
+      this.vision = this.addModule('vision', parts.vision);
+      this.textEncoder = this.addModule('text', parts.textEncoder);
+      this.mlmHead = null;
+    } else {
+      // The text encoder has one extra row: the [MASK] token of masked-LM pretraining.
+      const textConfig = { ...text, vocabSize: vocabSize + 1 };
+      this.vision = this.addModule('vision', new VisionTransformer(vision, rng));
+      this.textEncoder = this.addModule('text', new TextEncoder(textConfig, rng));
+      this.mlmHead = this.addModule('text_mlm_head', new MaskedLmHead(textConfig, rng));
+    }
     this.memoryBank = this.addParameter('memory_bank', parameter(rng.normalArray(memory.queries * vision.hiddenSize, 0.02), [memory.queries, vision.hiddenSize]));
     const adapter = (inputWidth: number) =>
       new MemoryAdapter({ inputWidth, memoryWidth: vision.hiddenSize, heads: memory.heads, mlpWidth: memory.mlpWidth, outputWidth: decoder.hiddenSize }, rng);
     this.smaV = this.addModule('sma_v', adapter(vision.hiddenSize));
     this.smaT = this.addModule('sma_t', adapter(text.hiddenSize));
     this.smaP = this.addModule('sma_p', adapter(text.hiddenSize));
-    this.decoder = this.addModule('decoder', new LlamaDecoder({ ...decoder, vocabSize }, rng, lora));
+    this.decoder = this.addModule('decoder', parts ? parts.decoder : new LlamaDecoder({ ...decoder, vocabSize }, rng, lora));
   }
 
+  /**
+   * Wraps pretrained modules (built by the s2d/hf loaders) with a new memory bank and SMA
+   * adapters drawn from `seed`. The config's vision, text, decoder and LoRA sections are
+   * replaced by the modules' own. So the memory width is the ViT width, SMA_t and SMA_p read
+   * the BERT width, and every adapter outputs the LLaMA width. `memory`, `data` and `training`
+   * come from `config`.
+   */
+  static fromParts(options: S2DParts & { config: S2DConfig; seed?: number }): S2DAlign {
+    const { vision, textEncoder, decoder } = options;
+    const config: S2DConfig = {
+      ...options.config,
+      vision: vision.config,
+      text: withoutVocabSize(textEncoder.config),
+      decoder: withoutVocabSize(decoder.config),
+      lora: decoder.lora,
+    };
+    return new S2DAlign(config, decoder.config.vocabSize, options.seed ?? config.training.seed, { vision, textEncoder, decoder });
+  }
+
+  /** The [MASK] id of masked-LM pretraining: the row after the vocabulary (tiny preset only). */
   get maskTokenId(): number {
     return this.vocabSize;
   }

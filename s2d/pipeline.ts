@@ -1,5 +1,6 @@
-// The main job: prepare the data, pretrain the tiny decoder and text encoder, run the PAG
-// curriculum, generate test reports from C1 alone, score them, and return what to save.
+// The main job: prepare the data, pretrain the tiny decoder and text encoder (the `paper`
+// preset's checkpoints are pretrained), run the PAG curriculum, generate test reports from C1
+// alone, score them, and return what to save.
 import type { Device } from '../engine/device.ts';
 import { fromHost, noGrad } from '../engine/tensor.ts';
 import { loadAnnotation, type AnnotationEntry } from './data/annotation.ts';
@@ -10,6 +11,7 @@ import { cleanReport } from './data/report.ts';
 import { loadImage } from './data/image.ts';
 import { Vocabulary } from './data/vocab.ts';
 import type { PreparedSample, SpecialIds } from './batches.ts';
+import { pipelineIds, wordLevelTokenizer, type ReportTokenizer } from './tokenizers.ts';
 import type { S2DConfig } from './config.ts';
 import { extractImageFeatures, generateGreedy } from './generate.ts';
 import { scoreReports, type ReportScores } from './metrics.ts';
@@ -20,6 +22,7 @@ import { pretrainDecoder, pretrainTextEncoder, trainStage, type StageResult } fr
 export interface MainJobOptions {
   dataDir: string;
   files: FileSource;
+  /** The model configuration; with `pretrained`, the model's own config is used instead. */
   config: S2DConfig;
   device: Device;
   progress: Progress;
@@ -27,6 +30,20 @@ export interface MainJobOptions {
   epochScale?: number;
   /** Number of generated reports shown beside their references. */
   examples?: number;
+  /**
+   * A model built around pretrained checkpoints (S2DAlign.fromParts) with the tokenizers of
+   * its decoder and text encoder. Without it, the job builds a word-level vocabulary from the
+   * training reports and a randomly initialised model from `config`.
+   */
+  pretrained?: PretrainedSetup;
+}
+
+export interface PretrainedSetup {
+  model: S2DAlign;
+  decoderTokenizer: ReportTokenizer;
+  textTokenizer: ReportTokenizer;
+  /** Images per ViT batch in feature extraction; default the training batch size. */
+  imageBatchSize?: number;
 }
 
 export interface Example {
@@ -37,7 +54,10 @@ export interface Example {
 
 export interface MainJobResult {
   model: S2DAlign;
-  vocab: Vocabulary;
+  /** The decoder's tokenizer. */
+  tokenizer: ReportTokenizer;
+  /** The word-level vocabulary built from the training reports; absent with a pretrained setup. */
+  vocab?: Vocabulary;
   stages: StageResult[];
   scores: ReportScores;
   examples: Example[];
@@ -49,7 +69,10 @@ export function specialIds(vocab: Vocabulary): SpecialIds {
   return { pad: vocab.padId, bos: vocab.bosId, eos: vocab.eosId, unk: vocab.unkId };
 }
 
-/** Cosine similarity of mean-pooled features: the nearest other training study's report. */
+/**
+ * Returns, for each query, the report of the nearest other study in `pool` by cosine
+ * similarity of mean-pooled features, in the text encoder's ids.
+ */
 export function nearestReferences(queries: PreparedSample[], pool: PreparedSample[], width: number): number[][] {
   const pooled = (features: Float32Array) => {
     const tokens = features.length / width;
@@ -72,50 +95,77 @@ export function nearestReferences(queries: PreparedSample[], pool: PreparedSampl
         best = i;
       }
     });
-    return best >= 0 ? pool[best].reportIds : [];
+    return best >= 0 ? pool[best].textIds ?? pool[best].reportIds : [];
   });
 }
 
-async function prepareSplit(entries: AnnotationEntry[], options: MainJobOptions, model: S2DAlign, vocab: Vocabulary, label: string): Promise<PreparedSample[]> {
-  const { config, files, dataDir, progress } = options;
+interface SplitTokenizers {
+  decoder: ReportTokenizer;
+  text: ReportTokenizer;
+}
+
+async function prepareSplit(entries: AnnotationEntry[], options: MainJobOptions, model: S2DAlign, tokenizers: SplitTokenizers, label: string): Promise<PreparedSample[]> {
+  const { files, dataDir, progress } = options;
+  const { config } = model;
+  const imageOptions = { size: config.vision.imageSize, mean: config.data.imageMean, std: config.data.imageStd };
   const images: Float32Array[] = [];
   progress.start(`load ${label} images`, entries.length);
   for (const entry of entries) {
     // One image per study: the first listed (frontal views come first in the sample).
-    images.push(await loadImage(files, joinPath(joinPath(dataDir, 'images'), entry.image_path[0]), { size: config.vision.imageSize }));
+    images.push(await loadImage(files, joinPath(joinPath(dataDir, 'images'), entry.image_path[0]), imageOptions));
     progress.tick();
   }
   progress.stop();
-  const features = await extractImageFeatures(model, images, config.training.batchSize, progress);
+  const features = await extractImageFeatures(model, images, options.pretrained?.imageBatchSize ?? config.training.batchSize, progress);
+  const { decoder, text } = tokenizers;
   return entries.map((entry, i) => {
     const report = cleanReport(entry.report);
+    const reportIds = decoder.encode(report, { maxLength: config.data.maxReportTokens });
     return {
       id: entry.id,
       features: features[i],
       report,
-      reportIds: vocab.encode(report, { maxLength: config.data.maxReportTokens, addEos: false }),
+      reportIds,
+      textIds: text === decoder ? undefined : text.encode(report, { maxLength: config.data.maxReferenceTokens }),
       referenceIds: [],
-      phraseIds: extractKeyPhrases(report).map((phrase) => vocab.encode(cleanReport(phrase), { maxLength: config.data.maxPhraseTokens, addEos: false })),
+      phraseIds: extractKeyPhrases(report).map((phrase) => text.encode(cleanReport(phrase), { maxLength: config.data.maxPhraseTokens })),
     };
   });
 }
 
 export async function runMainJob(options: MainJobOptions): Promise<MainJobResult> {
-  const { config, progress, files, dataDir } = options;
+  const { progress, files, dataDir } = options;
   const scale = options.epochScale ?? 1;
   const epochs = (n: number) => Math.max(1, Math.round(n * scale));
 
   const annotation = await loadAnnotation(files, joinPath(dataDir, 'annotation.json'));
-  const trainReports = annotation.train.map((e) => cleanReport(e.report));
-  const vocab = Vocabulary.build(trainReports, config.data.minWordCount);
-  progress.log(`data: ${annotation.train.length} train / ${annotation.val.length} val / ${annotation.test.length} test studies; vocabulary ${vocab.size} words (seen ≥ ${config.data.minWordCount} times)`);
+  let vocab: Vocabulary | undefined;
+  let model: S2DAlign;
+  let tokenizers: SplitTokenizers;
+  if (options.pretrained) {
+    ({ model } = options.pretrained);
+    const { pretrainDecoderEpochs, pretrainTextEpochs } = model.config.training;
+    if (pretrainDecoderEpochs > 0 || pretrainTextEpochs > 0) {
+      throw new Error(`pretraining epochs must be 0 with pretrained checkpoints, got pretrainDecoderEpochs ${pretrainDecoderEpochs} and pretrainTextEpochs ${pretrainTextEpochs}; the paper preset sets both to 0`);
+    }
+    tokenizers = { decoder: options.pretrained.decoderTokenizer, text: options.pretrained.textTokenizer };
+    progress.log(`data: ${annotation.train.length} train / ${annotation.val.length} val / ${annotation.test.length} test studies; decoder tokenizer ${tokenizers.decoder.name} (${tokenizers.decoder.vocabSize} ids), text tokenizer ${tokenizers.text.name} (${tokenizers.text.vocabSize} ids)`);
+  } else {
+    const trainReports = annotation.train.map((e) => cleanReport(e.report));
+    const { minWordCount } = options.config.data;
+    vocab = Vocabulary.build(trainReports, minWordCount);
+    const words = wordLevelTokenizer(vocab);
+    tokenizers = { decoder: words, text: words };
+    model = new S2DAlign(options.config, vocab.size);
+    progress.log(`data: ${annotation.train.length} train / ${annotation.val.length} val / ${annotation.test.length} test studies; vocabulary ${vocab.size} words (seen ≥ ${minWordCount} times)`);
+  }
+  const { config } = model;
   progress.log(`device: ${options.device.description}`);
 
-  const model = new S2DAlign(config, vocab.size);
   model.eval();
-  const train = await prepareSplit(annotation.train, options, model, vocab, 'train');
-  const val = await prepareSplit(annotation.val, options, model, vocab, 'val');
-  const test = await prepareSplit(annotation.test, options, model, vocab, 'test');
+  const train = await prepareSplit(annotation.train, options, model, tokenizers, 'train');
+  const val = await prepareSplit(annotation.val, options, model, tokenizers, 'val');
+  const test = await prepareSplit(annotation.test, options, model, tokenizers, 'test');
 
   // No study in this sample has a prior study of the same patient, so each study's reference
   // report is the nearest other training study by frozen image features.
@@ -126,7 +176,7 @@ export async function runMainJob(options: MainJobOptions): Promise<MainJobResult
     });
   }
 
-  const ids = specialIds(vocab);
+  const ids = pipelineIds(tokenizers.decoder, tokenizers.text, config.text.maxPositions);
   const { training } = config;
   if (training.pretrainDecoderEpochs > 0) {
     await pretrainDecoder(model, train, ids, epochs(training.pretrainDecoderEpochs), training.pretrainLr, progress);
@@ -155,7 +205,7 @@ export async function runMainJob(options: MainJobOptions): Promise<MainJobResult
     const featureTensor = noGrad(() => fromHost(features, [group.length, tokens / width, width]));
     const out = await generateGreedy(model, featureTensor, { maxTokens: config.data.maxReportTokens, ids });
     featureTensor.dispose();
-    generated.push(...out.map((list) => vocab.decode(list)));
+    generated.push(...out.map((list) => tokenizers.decoder.decode(list)));
     progress.tick();
   }
   progress.stop();
@@ -163,5 +213,5 @@ export async function runMainJob(options: MainJobOptions): Promise<MainJobResult
   const references = test.map((s) => s.report);
   const scores = scoreReports(references, generated);
   const examples = test.slice(0, options.examples ?? 3).map((s, i) => ({ id: s.id, generated: generated[i], reference: s.report }));
-  return { model, vocab, stages, scores, examples, loraEnabled, counts: { train: train.length, val: val.length, test: test.length } };
+  return { model, tokenizer: tokenizers.decoder, vocab, stages, scores, examples, loraEnabled, counts: { train: train.length, val: val.length, test: test.length } };
 }

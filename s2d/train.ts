@@ -93,8 +93,10 @@ export async function pretrainDecoder(model: S2DAlign, samples: PreparedSample[]
 
 /** Pretrains the text encoder with masked-LM on report text (15 % of tokens masked). */
 export async function pretrainTextEncoder(model: S2DAlign, texts: number[][], epochs: number, lr: number, progress: Progress): Promise<void> {
+  const mlmHead = model.mlmHead;
+  if (!mlmHead) throw new Error('pretrain text encoder: the model has no masked-LM head (its text encoder is a pretrained checkpoint); set pretrainTextEpochs to 0');
   model.setRequiresGrad(false);
-  const parameters = [...model.textEncoder.parameters(), ...model.mlmHead.parameters()];
+  const parameters = [...model.textEncoder.parameters(), ...mlmHead.parameters()];
   for (const p of parameters) p.requiresGrad = true;
   const rng = new Random(model.config.training.seed + 2);
   const maxTokens = model.config.text.maxPositions;
@@ -121,7 +123,7 @@ export async function pretrainTextEncoder(model: S2DAlign, texts: number[][], ep
             if (id < 0) targets[row * length + col] = -1 - id;
           }));
           const hidden = model.textEncoder.forward(batch.ids, batch.lengths);
-          const logits = model.mlmHead.forward(hidden);
+          const logits = mlmHead.forward(hidden);
           return crossEntropy(reshape(logits, [rows * length, model.vocabSize + 1]), fromHost(targets, [rows * length]), IGNORE_INDEX);
         }),
     },

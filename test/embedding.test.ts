@@ -172,7 +172,7 @@ test('embedding rejects ids without a host copy', () => {
 test('embedding rejects f32 ids and a 1-D weight', () => {
   const weight = fromHost(randomArray(10 * 4), [10, 4], 'f32', cpu);
   const floatIds = fromHost(new Float32Array([1, 2]), [2], 'f32', cpu);
-  assert.throws(() => embedding(weight, floatIds), /embedding: expected a i32 tensor/);
+  assert.throws(() => embedding(weight, floatIds), /embedding: expected an i32 tensor/);
   const flat = fromHost(randomArray(10), [10], 'f32', cpu);
   assert.throws(() => embedding(flat, fromHost(new Int32Array([1]), [1], 'i32', cpu)), /embedding: weight must be \[V, D\]/);
 });

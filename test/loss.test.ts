@@ -190,7 +190,7 @@ test('crossEntropy rejects mismatched targets shape', () => {
 test('crossEntropy rejects f32 targets', () => {
   const logits = fromHost(randomArray(3 * 5), [3, 5], 'f32', cpu);
   const targets = fromHost(new Float32Array(3), [3], 'f32', cpu);
-  assert.throws(() => crossEntropy(logits, targets), /crossEntropy: expected a i32 tensor/);
+  assert.throws(() => crossEntropy(logits, targets), /crossEntropy: expected an i32 tensor/);
 });
 
 test('crossEntropy rejects logits without a class axis', () => {

@@ -2,6 +2,7 @@
 //
 // Shapes: a decoded image is [H, W] grayscale in [0, 1]; the model input is channel-first
 // [3, S, S] with the gray plane copied to all three channels, because the ViT encoders take RGB.
+// Each channel is normalised with its own mean and standard deviation.
 //
 // Decoders: pngjs's browserified build (pngjs/browser.js; the same `PNG.sync.read` as the Node
 // build, without Node's zlib, so this file also loads in a browser) and jpeg-js. In Node the
@@ -24,10 +25,10 @@ export type ImageFormat = 'png' | 'jpeg';
 export interface ImageOptions {
   /** Side S of the square model input, in pixels. */
   size: number;
-  /** Gray mean subtracted after scaling to [0, 1]; default 0.5. */
-  mean?: number;
-  /** Gray standard deviation divided by after subtracting the mean; default 0.25. */
-  std?: number;
+  /** Mean subtracted after scaling to [0, 1]: one for all channels or one per RGB channel; default 0.5. */
+  mean?: number | readonly number[];
+  /** Standard deviation divided by after subtracting the mean, one or one per channel; default 0.25. */
+  std?: number | readonly number[];
 }
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
@@ -190,21 +191,31 @@ export function resizeGray(image: GrayImage, outWidth: number, outHeight: number
   return { width: outWidth, height: outHeight, pixels: out };
 }
 
+/** Expands a normalisation value to three channels, checking its length. */
+function perChannel(value: number | readonly number[], name: string): number[] {
+  const values = typeof value === 'number' ? [value, value, value] : [...value];
+  if (values.length !== 3 || !values.every(Number.isFinite)) throw new Error(`image ${name} must be one number or three (R, G, B), got ${JSON.stringify(value)}`);
+  return values;
+}
+
 /**
  * Builds the model input [3, S, S] from a grayscale image: direct resize to S×S (the aspect
- * ratio is not kept), (x − mean) / std, and the plane copied to three channels.
+ * ratio is not kept), the plane copied to three channels, and channel c normalised as
+ * (x − mean[c]) / std[c].
  */
 export function toModelInput(image: GrayImage, options: ImageOptions): Float32Array {
-  const { size, mean = 0.5, std = 0.25 } = options;
+  const { size } = options;
+  const mean = perChannel(options.mean ?? 0.5, 'mean');
+  const std = perChannel(options.std ?? 0.25, 'std');
   if (!(Number.isInteger(size) && size > 0)) throw new Error(`image size must be a positive integer, got ${size}`);
-  if (!(std > 0)) throw new Error(`image std must be positive, got ${std}`);
+  if (!std.every((s) => s > 0)) throw new Error(`image std must be positive, got ${JSON.stringify(options.std)}`);
 
   const plane = size * size;
   const resized = resizeGray(image, size, size).pixels;
   const out = new Float32Array(3 * plane);
-  for (let i = 0; i < plane; i++) out[i] = (resized[i] - mean) / std;
-  out.copyWithin(plane, 0, plane);
-  out.copyWithin(2 * plane, 0, plane);
+  for (let c = 0; c < 3; c++) {
+    for (let i = 0; i < plane; i++) out[c * plane + i] = (resized[i] - mean[c]) / std[c];
+  }
   return out;
 }
 

@@ -1,16 +1,18 @@
 // The `s2d` command line (Node only).
-import { mkdir, readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { initDevice, type DeviceKind } from '../engine/devices.ts';
 import { fromHost, noGrad } from '../engine/tensor.ts';
 import { fileSource, writeFileAtomic, writeTextAtomic } from '../weights/node-files.ts';
-import { CONFIG_FILE, encodeModel, loadModel, parseSavedConfig, VOCAB_FILE, WEIGHTS_FILE, type SavedConfig } from './checkpoint.ts';
+import { CONFIG_FILE, encodeModel, parseSavedConfig, VOCAB_FILE, WEIGHTS_FILE, type SavedConfig } from './checkpoint.ts';
 import { PRESETS } from './config.ts';
 import { loadImage } from './data/image.ts';
 import { nodeFiles } from './data/node-files.ts';
 import { Vocabulary } from './data/vocab.ts';
 import { extractImageFeatures, generateGreedy } from './generate.ts';
+import { loadInferenceModel } from './inference-model.ts';
 import { runMainJob, specialIds } from './pipeline.ts';
 import { TerminalProgress } from './terminal-progress.ts';
 
@@ -61,10 +63,24 @@ function fail(message: string): number {
   return 2;
 }
 
+/** A command-line mistake: reported in one line with exit code 2. */
+class UsageError extends Error {}
+
 function deviceKind(value: string | undefined): DeviceKind {
   const kind = value ?? 'auto';
-  if (kind !== 'auto' && kind !== 'webgpu' && kind !== 'cpu') throw new Error(`--device ${kind} is invalid; use auto, webgpu or cpu`);
+  if (kind !== 'auto' && kind !== 'webgpu' && kind !== 'cpu') throw new UsageError(`--device ${kind} is invalid; use auto, webgpu or cpu`);
   return kind;
+}
+
+/** Creates `dir` and checks that it can be written, so a bad --out fails before training. */
+async function prepareOutputFolder(dir: string): Promise<string | null> {
+  try {
+    await mkdir(dir, { recursive: true });
+    await access(dir, constants.W_OK);
+    return null;
+  } catch (error) {
+    return `--out ${dir} is not a writable folder (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); choose another path`;
+  }
 }
 
 async function train(args: string[]): Promise<number> {
@@ -111,6 +127,9 @@ async function train(args: string[]): Promise<number> {
     const given = Object.keys(paperOptions).filter((option) => paperOptions[option] !== undefined);
     if (given.length > 0) return fail(`${given.join(', ')}: only valid with --preset paper`);
   }
+
+  const outProblem = await prepareOutputFolder(resolve(values.out));
+  if (outProblem) return fail(outProblem);
 
   const started = performance.now();
   const progress = new TerminalProgress();
@@ -172,10 +191,11 @@ async function generate(args: string[]): Promise<number> {
     return 0;
   }
 
+  // Accepts both a full checkpoint from "s2d train" and an inference-only one from "s2d export".
   const vocabPath = join(modelDir, VOCAB_FILE);
   const vocab = Vocabulary.fromJSON(JSON.parse(await readFile(vocabPath, 'utf8')));
   const weights = await fileSource(join(modelDir, WEIGHTS_FILE));
-  const model = await loadModel(saved, weights);
+  const model = await loadInferenceModel(saved, weights);
   await weights.close?.();
 
   const { imageMean, imageStd } = saved.config.data;
@@ -184,6 +204,8 @@ async function generate(args: string[]): Promise<number> {
   const width = saved.config.vision.hiddenSize;
   const featureTensor = noGrad(() => fromHost(features, [1, features.length / width, width]));
   const [tokens] = await generateGreedy(model, featureTensor, { maxTokens, ids: specialIds(vocab) });
+  featureTensor.dispose();
+  model.dispose();
   process.stdout.write(`${vocab.decode(tokens)}\n`);
   return 0;
 }
@@ -209,8 +231,14 @@ export async function main(argv: string[]): Promise<number> {
     }
     const run = COMMANDS[command];
     if (!run) return fail(`unknown command "${command}"\n\n${USAGE}`);
+    if ((command === 'train' || command === 'generate') && (rest.includes('--help') || rest.includes('-h'))) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
     return await run(rest);
   } catch (error) {
+    if (error instanceof UsageError) return fail(error.message);
+    if ((error as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) return fail(`${(error as Error).message}; run "s2d help" for the options`);
     process.stderr.write(`s2d ${command}: ${(error as Error).message}\n`);
     if (process.env.S2D_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
     return 1;

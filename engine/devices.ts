@@ -20,6 +20,14 @@ export function setDevice(device: Device): void {
   current = device;
 }
 
+/**
+ * Dawn's GPU object that `initDevice` created in Node, so another library can use the same
+ * adapter. Null in a browser and until `initDevice` has tried WebGPU in Node.
+ */
+export function getDawnGpu(): GPU | null {
+  return dawnInstance as GPU | null;
+}
+
 async function findGpu(): Promise<GPU | null> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return nav.gpu;

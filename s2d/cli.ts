@@ -7,7 +7,7 @@ import { initDevice, type DeviceKind } from '../engine/devices.ts';
 import { fromHost, noGrad } from '../engine/tensor.ts';
 import { fileSource, writeFileAtomic, writeTextAtomic } from '../weights/node-files.ts';
 import { CONFIG_FILE, encodeModel, parseSavedConfig, VOCAB_FILE, WEIGHTS_FILE, type SavedConfig } from './checkpoint.ts';
-import { PRESETS } from './config.ts';
+import { parseStages, PRESETS } from './config.ts';
 import { loadImage } from './data/image.ts';
 import { nodeFiles } from './data/node-files.ts';
 import { Vocabulary } from './data/vocab.ts';
@@ -28,6 +28,8 @@ Usage:
       --device       auto tries WebGPU, then falls back to the CPU device (default auto)
       --epoch-scale  multiplies every epoch count, e.g. 0.25 for a quick run (default 1)
       --batch-size   samples per training step (default: the preset's, 8 tiny, 64 paper)
+      --stages       PAG stage schedule, e.g. 1,2,3 (default), 1,3 or 1,3,2; each stage keeps
+                     its preset epochs and learning rate
   s2d train --preset paper --vision DIR --text DIR --llm DIR --data DIR --out DIR [--llm-tokenizer PATH] [--text-tokenizer PATH]
       Trains around Hugging Face checkpoints, after checking the memory plan against the adapter;
       --device, --epoch-scale and --batch-size work as above.
@@ -93,6 +95,7 @@ async function train(args: string[]): Promise<number> {
       device: { type: 'string' },
       'epoch-scale': { type: 'string', default: '1' },
       'batch-size': { type: 'string' },
+      stages: { type: 'string' },
       vision: { type: 'string' },
       text: { type: 'string' },
       llm: { type: 'string' },
@@ -108,7 +111,15 @@ async function train(args: string[]): Promise<number> {
   if (!(epochScale > 0)) return fail(`--epoch-scale ${values['epoch-scale']} is invalid; use a positive number`);
   const batchSize = values['batch-size'] === undefined ? preset.training.batchSize : Number(values['batch-size']);
   if (!(Number.isInteger(batchSize) && batchSize > 0)) return fail(`--batch-size ${values['batch-size']} is invalid; use a positive integer`);
-  const config = { ...preset, training: { ...preset.training, batchSize } };
+  let stages = preset.training.stages;
+  if (values.stages !== undefined) {
+    try {
+      stages = parseStages(values.stages, preset.training.stages);
+    } catch (error) {
+      return fail((error as Error).message);
+    }
+  }
+  const config = { ...preset, training: { ...preset.training, batchSize, stages } };
 
   const paper = { vision: values.vision, text: values.text, llm: values.llm, llmTokenizer: values['llm-tokenizer'], textTokenizer: values['text-tokenizer'] };
   const paperMode = values.preset === 'paper';

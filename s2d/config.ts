@@ -75,3 +75,17 @@ export function withoutVocabSize<T extends { vocabSize: number }>(config: T): Om
 }
 
 export const PRESETS: Record<string, S2DConfig> = { tiny: TINY, paper: PAPER_PRESET };
+
+/**
+ * Parses a stage schedule such as "1,2,3" (the full curriculum), "1,3" or "1,3,2" into stage
+ * configs, taking each stage's epochs and peak learning rate from `defaults`.
+ */
+export function parseStages(text: string, defaults: StageConfig[]): StageConfig[] {
+  const parts = text.split(',').map((part) => part.trim());
+  return parts.map((part) => {
+    const stage = Number(part);
+    const found = defaults.find((d) => d.stage === stage);
+    if (!found) throw new Error(`--stages ${text}: "${part}" is not a stage; use a comma-separated list of 1, 2 and 3, e.g. 1,2,3`);
+    return { ...found };
+  });
+}

@@ -6,7 +6,7 @@ import { setDevice } from '../engine/devices.ts';
 import { fromHost, noGrad, tidy } from '../engine/tensor.ts';
 import { decoderBatch, type PreparedSample } from '../s2d/batches.ts';
 import { encodeModel, loadModel, type SavedConfig } from '../s2d/checkpoint.ts';
-import { TINY, type S2DConfig } from '../s2d/config.ts';
+import { parseStages, TINY, type S2DConfig } from '../s2d/config.ts';
 import { loadAnnotation } from '../s2d/data/annotation.ts';
 import { joinPath } from '../s2d/data/files.ts';
 import { loadImage } from '../s2d/data/image.ts';
@@ -126,6 +126,13 @@ test('loading rejects a checkpoint of another shape', async () => {
   } catch (error) {
     assert.match((error as Error).message, /model\.safetensors: tensor "text\.embeddings\.word_embeddings\.weight" has shape \[41, 64\], the model expects \[42, 64\]/);
   }
+});
+
+test('parseStages reads schedules and rejects unknown stages', () => {
+  const schedule = parseStages('1, 3,2', TINY.training.stages);
+  assert.equal(schedule.map((s) => s.stage), [1, 3, 2]);
+  assert.equal(schedule[1].peakLr, TINY.training.stages[2].peakLr);
+  assert.throws(() => parseStages('1,4', TINY.training.stages), /--stages 1,4: "4" is not a stage/);
 });
 
 test.run();

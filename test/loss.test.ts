@@ -140,11 +140,11 @@ test('crossEntropy gradcheck', async () => {
 });
 
 /** Loss and logits gradient of crossEntropy on `device`. */
-async function lossAndGrad(device: Device, logitsData: Float32Array, targetsData: Int32Array, shape: number[]): Promise<[number, Float32Array]> {
+async function lossAndGrad(device: Device, logitsData: Float32Array, targetsData: Int32Array, shape: number[], labelSmoothing?: number): Promise<[number, Float32Array]> {
   const logits = fromHost(logitsData, shape, 'f32', device);
   logits.requiresGrad = true;
   const targets = fromHost(targetsData, shape.slice(0, -1), 'i32', device);
-  const loss = crossEntropy(logits, targets);
+  const loss = labelSmoothing === undefined ? crossEntropy(logits, targets) : crossEntropy(logits, targets, IGNORE, { labelSmoothing });
   loss.backward();
   const value = await loss.item();
   const grad = (await logits.grad!.data()) as Float32Array;
@@ -161,6 +161,102 @@ test('crossEntropy autograd webgpu matches cpu', async () => {
   const [lossActual, gradActual] = await lossAndGrad(device, logits, targets, [N, V]);
   assertClose('loss', [lossActual], [lossExpected], 1e-5, 1e-5);
   assertClose('dlogits', gradActual, gradExpected, 1e-6, 1e-4);
+});
+
+// ---------- label smoothing ----------
+
+const SMOOTHING = 0.1;
+
+for (const { N, V } of cases) {
+  test(`crossEntropy smoothed webgpu [${N}, ${V}]`, async () => {
+    const device = await webgpu();
+    const inputs = [randomArray(N * V, 4), randomTargets(N, V)];
+    const specs = [f32([N, V]), i32([N])];
+    const params = { ignoreIndex: IGNORE, labelSmoothing: SMOOTHING };
+    const [lossExpected, lseExpected] = await runOn(cpu, crossEntropyKernel, inputs, specs, params);
+    const [lossActual, lseActual] = await runOn(device, crossEntropyKernel, inputs, specs, params);
+    assertClose('loss', lossActual, lossExpected, 1e-5, 1e-5);
+    assertClose('logsumexp', lseActual, lseExpected, 1e-5, 1e-5);
+  });
+
+  test(`crossEntropy smoothed backward webgpu [${N}, ${V}]`, async () => {
+    const device = await webgpu();
+    const logits = randomArray(N * V, 4);
+    const targets = randomTargets(N, V);
+    const params = { ignoreIndex: IGNORE, labelSmoothing: SMOOTHING };
+    const [loss, logsumexp] = await runOn(cpu, crossEntropyKernel, [logits, targets], [f32([N, V]), i32([N])], params);
+    const [, count] = await runOn(cpu, crossEntropyMeanKernel, [loss, targets], [f32([N]), i32([N])], params);
+    const inputs = [logits, targets, logsumexp, count, new Float32Array([0.7])];
+    const specs = [f32([N, V]), i32([N]), f32([N]), f32([1]), f32([1])];
+    const [expected] = await runOn(cpu, crossEntropyBackwardKernel, inputs, specs, params);
+    const [actual] = await runOn(device, crossEntropyBackwardKernel, inputs, specs, params);
+    assertClose('dlogits', actual, expected, 1e-6, 1e-4);
+  });
+}
+
+test('crossEntropy smoothed cpu known values', async () => {
+  // Reference in f64 from the definition: (1 − ε)·(−log p[target]) + ε·mean_v(−log p[v]), row 2 ignored.
+  const epsilon = 0.25;
+  const rows = [[0, 1, 2], [3, -1, 0.5]];
+  const targetIds = [2, 0];
+  let total = 0;
+  rows.forEach((row, n) => {
+    const lse = Math.log(row.reduce((sum, x) => sum + Math.exp(x), 0));
+    const logProbabilities = row.map((x) => x - lse);
+    const uniformTerm = -logProbabilities.reduce((sum, l) => sum + l, 0) / row.length;
+    total += (1 - epsilon) * -logProbabilities[targetIds[n]] + epsilon * uniformTerm;
+  });
+  const logits = fromHost(new Float32Array([...rows.flat(), 9, 9, 9]), [3, 3], 'f32', cpu);
+  const targets = fromHost(new Int32Array([...targetIds, IGNORE]), [3], 'i32', cpu);
+  const loss = await crossEntropy(logits, targets, IGNORE, { labelSmoothing: epsilon }).item();
+  assertClose('loss', [loss], [total / 2], 1e-6, 1e-6);
+});
+
+test('crossEntropy smoothing 0 is bit-identical', async () => {
+  for (const device of [cpu, await webgpu()]) {
+    const [N, V] = [19, 70];
+    const logitsData = randomArray(N * V, 3);
+    const targetsData = randomTargets(N, V);
+    const [plainLoss, plainGrad] = await lossAndGrad(device, logitsData, targetsData, [N, V]);
+    const [zeroLoss, zeroGrad] = await lossAndGrad(device, logitsData, targetsData, [N, V], 0);
+    assert.is(zeroLoss, plainLoss, `${device.kind} loss: ours=${zeroLoss} | reference=${plainLoss}`);
+    assertClose(`${device.kind} dlogits`, zeroGrad, plainGrad, 0, 0);
+  }
+});
+
+test('crossEntropy smoothed gradcheck', async () => {
+  for (const { shape, ignoredShare, epsilon } of [
+    { shape: [6, 5], ignoredShare: 0.3, epsilon: 0.1 },
+    { shape: [2, 3, 4], ignoredShare: 0, epsilon: 0.5 },
+    { shape: [4, 1], ignoredShare: 0.5, epsilon: 0.9 },
+  ]) {
+    const V = shape[shape.length - 1];
+    const N = shape.reduce((p, d) => p * d, 1) / V;
+    const targets = randomTargets(N, V, ignoredShare, 11);
+    await assertGradients(`crossEntropy ε=${epsilon} ${JSON.stringify(shape)}`, (logits, t) => crossEntropy(logits, t, IGNORE, { labelSmoothing: epsilon }), [
+      { name: 'logits', data: randomArray(N * V, 2), shape },
+      { name: 'targets', data: targets, shape: shape.slice(0, -1) },
+    ]);
+  }
+});
+
+test('crossEntropy smoothed autograd webgpu matches cpu', async () => {
+  const device = await webgpu();
+  const [N, V] = [23, 129];
+  const logits = randomArray(N * V, 3);
+  const targets = randomTargets(N, V);
+  const [lossExpected, gradExpected] = await lossAndGrad(cpu, logits, targets, [N, V], 0.2);
+  const [lossActual, gradActual] = await lossAndGrad(device, logits, targets, [N, V], 0.2);
+  assertClose('loss', [lossActual], [lossExpected], 1e-5, 1e-5);
+  assertClose('dlogits', gradActual, gradExpected, 1e-6, 1e-4);
+});
+
+test('crossEntropy rejects invalid labelSmoothing', () => {
+  const logits = fromHost(randomArray(2 * 3), [2, 3], 'f32', cpu);
+  const targets = fromHost(new Int32Array([0, 1]), [2], 'i32', cpu);
+  for (const epsilon of [-0.1, 1, 1.5, Number.NaN]) {
+    assert.throws(() => crossEntropy(logits, targets, IGNORE, { labelSmoothing: epsilon }), /crossEntropy: labelSmoothing must be in \[0, 1\)/, `ε = ${epsilon}`);
+  }
 });
 
 // ---------- bad inputs ----------

@@ -9,3 +9,5 @@ export * from './shape.ts';
 export * from './embedding.ts';
 export * from './dropout.ts';
 export * from './mask.ts';
+export * from './rope.ts';
+export * from './select.ts';

@@ -3,6 +3,9 @@
 // Shapes: logits [..., V] (f32), targets [...] (i32, the same leading axes) → loss [1], the mean
 // over rows whose target is not ignoreIndex (0 when every row is ignored). Internally rows are
 // flattened to N = the product of the leading axes.
+//
+// Label smoothing ε (PyTorch's label_smoothing) mixes the one-hot target with the uniform
+// distribution: row loss = (1 − ε)·(−log p[target]) + ε·mean over the V classes of (−log p).
 import { crossEntropyBackwardProgram, crossEntropyMeanProgram, crossEntropyProgram } from '../../kernels/cross-entropy.ts';
 import { shapeString, sizeOf, type TypedArray } from '../dtype.ts';
 import { defineKernel, type TensorSpec } from '../kernel.ts';
@@ -12,6 +15,13 @@ import { assertDtype, record, runKernel } from './run.ts';
 
 interface CrossEntropyParams {
   ignoreIndex: number;
+  /** ε in [0, 1). The default 0 is plain cross-entropy. */
+  labelSmoothing?: number;
+}
+
+export interface CrossEntropyOptions {
+  /** ε in [0, 1), as in PyTorch's label_smoothing. The default 0 is plain cross-entropy. */
+  labelSmoothing?: number;
 }
 
 // ---------- shape checks ----------
@@ -68,7 +78,7 @@ export const crossEntropyKernel = defineKernel<CrossEntropyParams>({
       { shape: [N], dtype: 'f32' },
     ];
   },
-  cpu([logits, targets], [loss, logsumexp], [sl, st], { ignoreIndex }) {
+  cpu([logits, targets], [loss, logsumexp], [sl, st], { ignoreIndex, labelSmoothing = 0 }) {
     const { N, V } = crossEntropyShape(sl, st);
     validateTargets(targets, V, ignoreIndex);
     for (let n = 0; n < N; n++) {
@@ -79,12 +89,25 @@ export const crossEntropyKernel = defineKernel<CrossEntropyParams>({
       for (let v = 0; v < V; v++) total += Math.exp(logits[base + v] - max);
       const lse = max + Math.log(total);
       logsumexp[n] = lse;
-      loss[n] = targets[n] === ignoreIndex ? 0 : lse - logits[base + targets[n]];
+      if (targets[n] === ignoreIndex) {
+        loss[n] = 0;
+        continue;
+      }
+      const nll = lse - logits[base + targets[n]];
+      if (labelSmoothing === 0) {
+        loss[n] = nll;
+        continue;
+      }
+
+      // Mean over classes of −log p[v] = lse − mean of the logits.
+      let logitSum = 0;
+      for (let v = 0; v < V; v++) logitSum += logits[base + v];
+      loss[n] = (1 - labelSmoothing) * nll + labelSmoothing * (lse - logitSum / V);
     }
   },
-  wgsl([logits, targets], { ignoreIndex }) {
+  wgsl([logits, targets], { ignoreIndex, labelSmoothing = 0 }) {
     const { N, V } = crossEntropyShape(logits, targets);
-    return crossEntropyProgram(N, V, ignoreIndex);
+    return crossEntropyProgram(N, V, ignoreIndex, labelSmoothing);
   },
 });
 
@@ -118,7 +141,10 @@ export const crossEntropyMeanKernel = defineKernel<CrossEntropyParams>({
   wgsl: ([loss], { ignoreIndex }) => crossEntropyMeanProgram(sizeOf(loss.shape), ignoreIndex),
 });
 
-/** Inputs: logits, targets, logsumexp [N], count [1], dmean [1]. Output: dlogits. */
+/**
+ * Inputs: logits, targets, logsumexp [N], count [1], dmean [1]. Output: dlogits, which is
+ * (softmax − target distribution)·dmean/count, the target distribution being (1 − ε)·onehot + ε/V.
+ */
 export const crossEntropyBackwardKernel = defineKernel<CrossEntropyParams>({
   name: 'cross_entropy_backward',
   outputs([logits, targets, logsumexp, count, dmean]) {
@@ -128,47 +154,57 @@ export const crossEntropyBackwardKernel = defineKernel<CrossEntropyParams>({
     assertShapeOf('crossEntropy backward', 'dmean', dmean, [1]);
     return [{ shape: logits.shape, dtype: 'f32' }];
   },
-  cpu([logits, targets, logsumexp, count, dmean], [dlogits], [sl, st], { ignoreIndex }) {
+  cpu([logits, targets, logsumexp, count, dmean], [dlogits], [sl, st], { ignoreIndex, labelSmoothing = 0 }) {
     const { N, V } = crossEntropyShape(sl, st);
     const scale = dmean[0] / Math.max(count[0], 1);
+    const uniformShare = labelSmoothing / V;
     for (let n = 0; n < N; n++) {
       if (targets[n] === ignoreIndex) continue;
       for (let v = 0; v < V; v++) {
         const probability = Math.exp(logits[n * V + v] - logsumexp[n]);
-        dlogits[n * V + v] = (probability - (v === targets[n] ? 1 : 0)) * scale;
+        const onehot = v === targets[n] ? 1 : 0;
+        // ε = 0 keeps the plain expression, so results stay bit-identical to unsmoothed cross-entropy.
+        const targetProbability = labelSmoothing === 0 ? onehot : (1 - labelSmoothing) * onehot + uniformShare;
+        dlogits[n * V + v] = (probability - targetProbability) * scale;
       }
     }
   },
-  wgsl([logits, targets], { ignoreIndex }) {
+  wgsl([logits, targets], { ignoreIndex, labelSmoothing = 0 }) {
     const { N, V } = crossEntropyShape(logits, targets);
-    return crossEntropyBackwardProgram(N, V, ignoreIndex);
+    return crossEntropyBackwardProgram(N, V, ignoreIndex, labelSmoothing);
   },
 });
 
 // ---------- autograd op ----------
 
 /**
- * Mean cross-entropy over rows whose target is not `ignoreIndex` (shapes in the file header).
+ * Mean cross-entropy over rows whose target is not `ignoreIndex` (shapes in the file header),
+ * with optional label smoothing (`options.labelSmoothing`, ε in [0, 1)).
  * Targets made from host data are checked here, so an out-of-range class throws before
  * anything runs. Other targets are checked by the CPU kernel, which throws too, but not on
  * WebGPU, where an invalid row gives a NaN loss.
  */
-export function crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex = -100): Tensor {
+export function crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex = -100, options: CrossEntropyOptions = {}): Tensor {
   assertDtype('crossEntropy', logits, 'f32');
   assertDtype('crossEntropy', targets, 'i32');
   if (!Number.isInteger(ignoreIndex) || Math.abs(ignoreIndex) > 2 ** 31 - 1) {
     throw new Error(`crossEntropy: ignoreIndex must be a 32-bit integer, got ${ignoreIndex}`);
   }
+  const labelSmoothing = options.labelSmoothing ?? 0;
+  if (!(labelSmoothing >= 0 && labelSmoothing < 1)) {
+    throw new Error(`crossEntropy: labelSmoothing must be in [0, 1), got ${labelSmoothing}; use 0 for no smoothing`);
+  }
   const { V } = crossEntropyShape(logits, targets);
   const hostTargets: TypedArray | null = targets.hostData;
   if (hostTargets) validateTargets(hostTargets, V, ignoreIndex);
 
-  const [losses, logsumexp] = runKernel(crossEntropyKernel, [logits, targets], { ignoreIndex });
+  const params: CrossEntropyParams = { ignoreIndex, labelSmoothing };
+  const [losses, logsumexp] = runKernel(crossEntropyKernel, [logits, targets], params);
   const [mean, count] = runKernel(crossEntropyMeanKernel, [losses, targets], { ignoreIndex });
   losses.dispose();
 
   const out = record(mean, [logits], (g) =>
-    accumulateGradInto(logits, runKernel(crossEntropyBackwardKernel, [logits, targets, logsumexp, count, g], { ignoreIndex })[0]),
+    accumulateGradInto(logits, runKernel(crossEntropyBackwardKernel, [logits, targets, logsumexp, count, g], params)[0]),
   );
   if (!out.backwardFn) {
     logsumexp.dispose();

@@ -9,5 +9,6 @@ export * from './shape.ts';
 export * from './embedding.ts';
 export * from './dropout.ts';
 export * from './mask.ts';
+export * from './attention.ts';
 export * from './rope.ts';
 export * from './select.ts';

@@ -1,7 +1,7 @@
 // Tensor: an n-dimensional array on a device, with tape autograd and explicit disposal.
 //
 // Autograd follows micrograd: every op computes its output, then attaches a backward
-// function that accumulates gradients into its inputs; `backward()` walks the graph in
+// function that accumulates gradients into its inputs. `backward()` walks the graph in
 // reverse topological order. Gradients are computed by the same ops with recording off.
 import type { Device, Storage } from './device.ts';
 import { getDevice } from './devices.ts';
@@ -135,7 +135,7 @@ export class Tensor {
     if (this.hostData) this.hostData = data.slice();
   }
 
-  /** A tensor of another shape over the same storage (same element count). */
+  /** Returns a tensor of another shape over the same storage (same element count). */
   view(shape: readonly number[]): Tensor {
     const resolved = resolveShape(shape, this.size, this.shape);
     this.storage.refs += 1;

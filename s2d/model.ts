@@ -109,7 +109,7 @@ export class S2DAlign extends Module {
   }
 
   /**
-   * Where SMA_v looks: its cross-attention averaged over heads and memory queries, for each
+   * Computes where SMA_v looks: its cross-attention averaged over heads and memory queries, for each
    * image patch (the CLS token dropped), as [B, P] with rows summing to at most 1. The patches
    * form a (S/p)×(S/p) grid in row-major order.
    */

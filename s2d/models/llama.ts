@@ -86,7 +86,7 @@ export class LlamaAttention extends Module {
   }
 
   /**
-   * x [B, T, D] → [B, T, D]. With `cache`, x holds the positions after the cached ones: their
+   * x [B, T, D] → [B, T, D]. With `cache`, x contains the positions after the cached ones, and their
    * keys and values are appended to layer `layer` of the cache.
    */
   forward(x: Tensor, cos: Tensor, sin: Tensor, cache?: KvCache, layer = 0): Tensor {
@@ -202,7 +202,7 @@ export class LlamaDecoder extends Module {
     return this.norm.forward(x);
   }
 
-  /** An empty key/value cache for incremental decoding with `forwardHidden`. */
+  /** Creates an empty key/value cache for incremental decoding with `forwardHidden`. */
   createCache(): KvCache {
     return new KvCache(this.config.layers);
   }
@@ -253,7 +253,7 @@ export class KvCache {
   }
 }
 
-/** A tensor with its own storage, so disposing the original leaves it intact. */
+/** Copies `x` into its own storage, so disposing the original leaves the copy intact. */
 function copyOf(x: Tensor): Tensor {
   return affine(x, 1);
 }

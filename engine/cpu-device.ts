@@ -37,6 +37,11 @@ export class CpuDevice implements Device {
     (storage as CpuStorage).data.set(data);
   }
 
+  copy(source: Storage, destination: Storage, byteLength: number): void {
+    const from = (source as CpuStorage).data;
+    (destination as CpuStorage).data.set(from.subarray(0, byteLength / from.BYTES_PER_ELEMENT));
+  }
+
   zeros(dtype: DType, size: number): Storage {
     return this.track(new CpuStorage(allocArray(dtype, size)));
   }

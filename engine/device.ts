@@ -26,6 +26,8 @@ export interface Device {
   upload(data: TypedArray): Storage;
   /** Overwrites the start of `storage` with `data` (ordered before work recorded later). */
   write(storage: Storage, data: TypedArray): void;
+  /** Copies the first `byteLength` bytes of `source` into `destination`, in recording order. */
+  copy(source: Storage, destination: Storage, byteLength: number): void;
   /** Allocates a zero-filled storage. */
   zeros(dtype: DType, size: number): Storage;
   /** Records `kernel` and returns one new storage per output spec. */

@@ -135,6 +135,16 @@ export class Tensor {
     if (this.hostData) this.hostData = data.slice();
   }
 
+  /** Overwrites the values with those of `source` (same shape and dtype) on the device. */
+  copyFrom(source: Tensor): void {
+    const sameShape = source.shape.length === this.shape.length && source.shape.every((d, i) => d === this.shape[i]);
+    if (!sameShape || source.dtype !== this.dtype || source.device !== this.device) {
+      throw new Error(`copyFrom: cannot copy ${source.describe()} into ${this.describe()}; shapes, dtypes and devices must match`);
+    }
+    this.device.copy(source.storage, this.storage, this.size * 4);
+    this.hostData = source.hostData ? source.hostData.slice() : null;
+  }
+
   /** Returns a tensor of another shape over the same storage (same element count). */
   view(shape: readonly number[]): Tensor {
     const resolved = resolveShape(shape, this.size, this.shape);

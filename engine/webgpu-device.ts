@@ -116,6 +116,11 @@ export class WebGpuDevice implements Device {
     this.device.queue.writeBuffer((storage as GpuStorage).buffer, 0, data.buffer, data.byteOffset, data.byteLength);
   }
 
+  copy(source: Storage, destination: Storage, byteLength: number): void {
+    this.endPass();
+    this.currentEncoder().copyBufferToBuffer((source as GpuStorage).buffer, 0, (destination as GpuStorage).buffer, 0, byteLength);
+  }
+
   zeros(_dtype: DType, size: number): Storage {
     const storage = this.allocate(size * 4);
     this.endPass();

@@ -4,7 +4,7 @@ import { dropout } from '../ops/dropout.ts';
 import { embedding } from '../ops/embedding.ts';
 import { layerNorm, rmsNorm } from '../ops/norm.ts';
 import type { Random } from '../random.ts';
-import { parameter, type Tensor } from '../tensor.ts';
+import { noGrad, parameter, tidy, type Tensor } from '../tensor.ts';
 import { Module } from './module.ts';
 
 let dropoutCounter = 0x9e3779b9;
@@ -53,6 +53,8 @@ export class LoRALinear extends Module {
   readonly loraA: Tensor;
   readonly loraB: Tensor;
   loraEnabled = false;
+  /** True while the update is folded into the base weight (see `merge`). */
+  merged = false;
 
   constructor(inFeatures: number, outFeatures: number, rng: Random, readonly lora: LoraOptions, options: { bias?: boolean } = {}) {
     super();
@@ -65,9 +67,39 @@ export class LoRALinear extends Module {
     return this.base.weight;
   }
 
+  /**
+   * Folds the update into the base weight for inference, W ← W + (alpha/rank)·B·A, so forward
+   * runs one matmul instead of three. `unmerge` subtracts it again (equal up to f32 rounding).
+   */
+  merge(): void {
+    if (this.merged) return;
+    if (!this.loraEnabled) throw new Error('LoRALinear: merge() needs the LoRA update enabled (loraEnabled = true)');
+    this.addUpdate(1);
+    this.merged = true;
+  }
+
+  unmerge(): void {
+    if (!this.merged) return;
+    this.addUpdate(-1);
+    this.merged = false;
+  }
+
+  private addUpdate(sign: 1 | -1): void {
+    const { rank, alpha } = this.lora;
+    noGrad(() =>
+      tidy(() => {
+        const update = affine(matmul(this.loraB, this.loraA), (sign * alpha) / rank);
+        this.base.weight.copyFrom(add(this.base.weight, update));
+      }),
+    );
+  }
+
   forward(x: Tensor): Tensor {
+    if (this.merged && this.training) {
+      throw new Error('LoRALinear: the LoRA update is merged into the base weight; call unmerge() before training');
+    }
     const y = this.base.forward(x);
-    if (!this.loraEnabled) return y;
+    if (!this.loraEnabled || this.merged) return y;
     const { rank, alpha } = this.lora;
     const leading = x.shape.slice(0, -1);
     const rows = leading.reduce((p, d) => p * d, 1);

@@ -172,6 +172,14 @@ export class LlamaDecoder extends Module {
     return this.loraLayers().flatMap((layer) => [layer.loraA, layer.loraB]);
   }
 
+  /** Folds every block's LoRA update into its base weight (for inference), or takes it out again. */
+  setLoraMerged(merged: boolean): void {
+    for (const layer of this.loraLayers()) {
+      if (merged) layer.merge();
+      else layer.unmerge();
+    }
+  }
+
   /** Switches the LoRA update on or off in every block. */
   setLoraEnabled(enabled: boolean): void {
     for (const layer of this.loraLayers()) layer.loraEnabled = enabled;

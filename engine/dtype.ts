@@ -1,5 +1,7 @@
 // Element types: f32 for values, i32 for token ids, indices and lengths.
 
+// TODO: f16 storage for frozen weights on adapters with shader-f16 (F16/BF16 files are widened
+// to f32 on load today, so device memory is twice an F16 checkpoint's size).
 export type DType = 'f32' | 'i32';
 export type TypedArray = Float32Array | Int32Array;
 

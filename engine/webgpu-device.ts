@@ -287,6 +287,7 @@ export class WebGpuDevice implements Device {
   private allocate(byteSize: number): GpuStorage {
     const sizeClass = sizeClassOf(byteSize);
     const maxBinding = this.device.limits.maxStorageBufferBindingSize;
+    // TODO: split a tensor larger than one binding and bind it in ranges instead of rejecting it.
     if (sizeClass > maxBinding) {
       throw new WebGpuError(
         `webgpu: a tensor of ${byteSize} bytes exceeds this adapter's maxStorageBufferBindingSize ` +

@@ -155,6 +155,7 @@ export async function generateBeam(model: S2DAlign, features: Tensor, options: B
     const inputIds = new Int32Array(beams * length);
     prefixes.forEach((prefix, row) => inputIds.set([bos, ...prefix], row * length));
     const logits = noGrad(() =>
+      // TODO: reuse the decoder's key/value cache (greedy decoding has one) instead of rerunning the prefix.
       tidy(() => model.nextTokenLogits(broadcastTo(context, [beams, queries, width]), fromHost(inputIds, [beams, length]))),
     );
     try {

@@ -140,6 +140,8 @@ export function stageParameters(model: S2DAlign, stage: 1 | 2 | 3): Tensor[] {
   return parameters;
 }
 
+// TODO: joint training (stages 1, 2 and 3 mixed in one stage) is not implemented; schedules
+// run stages one after another in any order or subset.
 /** Runs one PAG stage from the model's current weights and returns its validation loss. */
 export async function trainStage(model: S2DAlign, stage: StageConfig, train: PreparedSample[], val: PreparedSample[], ids: SpecialIds, progress: Progress): Promise<StageResult> {
   const started = performance.now();

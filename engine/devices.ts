@@ -10,7 +10,7 @@ let current: Device | null = null;
 // Dawn's instance object must outlive the device, or the process crashes later in a finalizer.
 let dawnInstance: unknown = null;
 
-/** The device new tensors go to; the CPU device until `initDevice` picks another. */
+/** Returns the device new tensors go to: the CPU device until `initDevice` picks another. */
 export function getDevice(): Device {
   if (!current) current = new CpuDevice();
   return current;

@@ -9,8 +9,8 @@ const STORAGE_USAGE = GPUBufferUsage_STORAGE() | GPUBufferUsage_COPY_SRC() | GPU
 const UNIFORM_SLOT_BYTES = 256;
 const UNIFORM_CHUNK_SLOTS = 256;
 
-// GPUBufferUsage is a global in browsers and after installing Dawn's globals in Node; the
-// numeric values are fixed by the WebGPU specification, so they are spelled out here.
+// GPUBufferUsage is a global only in browsers and after installing Dawn's globals in Node.
+// The WebGPU specification fixes its numeric values, so they are spelled out here.
 function GPUBufferUsage_STORAGE(): number { return 0x0080; }
 function GPUBufferUsage_COPY_SRC(): number { return 0x0004; }
 function GPUBufferUsage_COPY_DST(): number { return 0x0008; }

@@ -43,8 +43,7 @@ function stridesOf(dims: readonly number[]): number[] {
   return strides;
 }
 
-function copyParams(copy: StridedCopy): WgslProgram['params'] {
-  const { dims, strides } = coalesced(copy);
+function copyParams(copy: StridedCopy, dims: number[], strides: number[]): WgslProgram['params'] {
   const params: WgslProgram['params'] = [
     ['size', 'u32', elementCount(copy)],
     ['offset', 'u32', copy.offset],
@@ -64,37 +63,37 @@ function stridedIndexSteps(rank: number): string {
   return steps.join('\n');
 }
 
-/** output[i] = input[offset + Σ coordᵢ·strideᵢ], with `output` contiguous of shape `dims`. */
-export function gatherProgram(copy: StridedCopy, type: ElementType): WgslProgram {
-  const params = copyParams(copy);
-  const rank = coalesced(copy).dims.length;
-  const code = `${storageBinding(0, 'input', type, 'read')}${storageBinding(1, 'output', type, 'read_write')}${uniformBinding(2, params)}
+/**
+ * One program for both directions. A gather reads the strided side into contiguous `output`
+ * (output[i] = input[offset + Σ coordᵢ·strideᵢ]). A scatter writes contiguous `source` into the
+ * strided side in place (destination[offset + Σ coordᵢ·strideᵢ] = source[i]), with binding 0
+ * the destination (read_write) and binding 1 the source.
+ */
+function stridedCopyProgram(copy: StridedCopy, type: ElementType, direction: 'gather' | 'scatter'): WgslProgram {
+  const { dims, strides } = coalesced(copy);
+  const params = copyParams(copy, dims, strides);
+  const gather = direction === 'gather';
+  const first = gather ? storageBinding(0, 'input', type, 'read') : storageBinding(0, 'destination', type, 'read_write');
+  const second = gather ? storageBinding(1, 'output', type, 'read_write') : storageBinding(1, 'source', type, 'read');
+  const assignment = gather ? 'output[i] = input[strided];' : 'destination[strided] = source[i];';
+  const code = `${first}${second}${uniformBinding(2, params)}
 ${entry1d(WORKGROUP)} {
   let i = ${flatIndex(WORKGROUP)};
   if (i >= params.size) { return; }
   var rest = i;
   var strided = params.offset;
-${stridedIndexSteps(rank)}
-  output[i] = input[strided];
+${stridedIndexSteps(dims.length)}
+  ${assignment}
 }`;
-  return { key: `gather_${type}:r${rank}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
+  return { key: `${direction}_${type}:r${dims.length}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
 }
 
-/**
- * destination[offset + Σ coordᵢ·strideᵢ] = source[i], with `source` contiguous of shape `dims`.
- * In place: binding 0 is the destination (read_write), binding 1 the source.
- */
+/** output[i] = input[offset + Σ coordᵢ·strideᵢ], with `output` contiguous of shape `dims`. */
+export function gatherProgram(copy: StridedCopy, type: ElementType): WgslProgram {
+  return stridedCopyProgram(copy, type, 'gather');
+}
+
+/** destination[offset + Σ coordᵢ·strideᵢ] = source[i], in place, with `source` contiguous of shape `dims`. */
 export function scatterProgram(copy: StridedCopy, type: ElementType): WgslProgram {
-  const params = copyParams(copy);
-  const rank = coalesced(copy).dims.length;
-  const code = `${storageBinding(0, 'destination', type, 'read_write')}${storageBinding(1, 'source', type, 'read')}${uniformBinding(2, params)}
-${entry1d(WORKGROUP)} {
-  let i = ${flatIndex(WORKGROUP)};
-  if (i >= params.size) { return; }
-  var rest = i;
-  var strided = params.offset;
-${stridedIndexSteps(rank)}
-  destination[strided] = source[i];
-}`;
-  return { key: `scatter_${type}:r${rank}`, code, workgroups: grid1d(elementCount(copy), WORKGROUP), params };
+  return stridedCopyProgram(copy, type, 'scatter');
 }

@@ -1,6 +1,6 @@
 // Types shared by the WGSL kernel generators and the engine that dispatches them.
 
-/** What a generator may assume about the adapter. */
+/** Adapter capabilities that a generator may rely on. */
 export interface DeviceCaps {
   /** The adapter has the `subgroups` feature. */
   subgroups: boolean;

@@ -126,7 +126,7 @@ export class S2DAlign extends Module {
     return sma.forward(this.memoryBank, features, { keyLengths: tokens.lengths });
   }
 
-  /** The stage's context: C1, C2 = [C1 ; text] or C3 = [C2 ; phrases]. */
+  /** Builds the stage's context: C1, C2 = [C1 ; text] or C3 = [C2 ; phrases]. */
   context(stage: 1 | 2 | 3, imageFeatures: Tensor, reference?: TokenBatch, phrases?: TokenBatch): Tensor {
     const parts = [this.visualContext(imageFeatures)];
     if (stage >= 2) {

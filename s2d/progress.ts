@@ -1,5 +1,5 @@
-// How long-running work reports progress. Library code calls this interface and never prints;
-// the CLI implements it with progress bars.
+// The progress interface of long-running work. Library code calls it and never prints, and the
+// CLI implements it with progress bars.
 
 export interface Progress {
   /** A phase of `total` steps begins. */

@@ -27,7 +27,7 @@ interface LoopOptions {
   batches: (epoch: number) => Array<() => Tensor>;
 }
 
-/** The shared loop: AdamW, linear warm-up then cosine decay, one loss readback per step. */
+/** Runs the shared loop: AdamW, linear warm-up then cosine decay, one loss readback per step. */
 async function fit(model: S2DAlign, options: LoopOptions, progress: Progress): Promise<{ steps: number; lastLoss: number }> {
   const { training } = model.config;
   const perEpoch = options.batches(0).length;
@@ -132,7 +132,7 @@ export async function pretrainTextEncoder(model: S2DAlign, texts: number[][], ep
   model.setRequiresGrad(false);
 }
 
-/** Which parameters each PAG stage trains; the decoder base, ViT and text encoder stay frozen. */
+/** Returns the parameters a PAG stage trains. The decoder base, ViT and text encoder stay frozen. */
 export function stageParameters(model: S2DAlign, stage: 1 | 2 | 3): Tensor[] {
   const parameters = [model.memoryBank, ...model.smaV.parameters()];
   if (stage >= 2) parameters.push(...model.smaT.parameters(), ...model.decoder.loraParameters());
@@ -140,8 +140,8 @@ export function stageParameters(model: S2DAlign, stage: 1 | 2 | 3): Tensor[] {
   return parameters;
 }
 
-// TODO: joint training (stages 1, 2 and 3 mixed in one stage) is not implemented; schedules
-// run stages one after another in any order or subset.
+// TODO: joint training (stages 1, 2 and 3 mixed in one stage) is not implemented. Schedules
+// run stages one after another, in any order or subset.
 /** Runs one PAG stage from the model's current weights and returns its validation loss. */
 export async function trainStage(model: S2DAlign, stage: StageConfig, train: PreparedSample[], val: PreparedSample[], ids: SpecialIds, progress: Progress): Promise<StageResult> {
   const started = performance.now();

@@ -6,7 +6,7 @@
 //
 // The build fails when a Node built-in or the Node-only `webgpu` package (Dawn) reaches the
 // bundle. engine/devices.ts imports `webgpu` through a computed specifier, which esbuild
-// neither resolves nor records, so the check sees only static and literal dynamic imports.
+// neither resolves nor records, so the check reads only static and literal dynamic imports.
 //
 // Usage: node scripts/build-web.mjs [--out DIR]   (default dist/web; the folder is replaced)
 import { build } from 'esbuild';

@@ -9,7 +9,7 @@ import { WebGpuDevice } from '../engine/webgpu-device.ts';
 
 let gpu: Promise<WebGpuDevice> | null = null;
 
-/** The WebGPU device (lavapipe in CI). Throws with install advice when there is no adapter. */
+/** Returns the WebGPU device (lavapipe in CI). Throws with install advice when there is no adapter. */
 export function webgpu(): Promise<WebGpuDevice> {
   gpu ??= initDevice('webgpu').then((device) => device as WebGpuDevice);
   return gpu;

@@ -68,7 +68,8 @@ test('PAG stage 1 lowers the loss on real samples (webgpu)', async () => {
 
   const before = await validationLoss(model, 1, samples, ids);
   const result = await trainStage(model, { stage: 1, epochs: 6, peakLr: 3e-3 }, samples, samples, ids, silentProgress);
-  assert.ok(Number.isFinite(before) && Number.isFinite(result.valLoss), `losses must be finite: before=${before} after=${result.valLoss}`);
+  assert.ok(Number.isFinite(before), `loss before training is ${before}, expected finite`);
+  assert.ok(Number.isFinite(result.valLoss), `loss after training is ${result.valLoss}, expected finite`);
   assert.ok(result.valLoss < before - 0.1, `loss on the training samples should drop: before=${before.toFixed(4)} after=${result.valLoss.toFixed(4)}`);
   model.dispose();
 });

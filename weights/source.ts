@@ -39,7 +39,7 @@ export function bytesSource(bytes: Uint8Array, name = 'memory'): ByteSource {
   };
 }
 
-/** A Blob or File (browser `File.slice` reads only the requested range). */
+/** Wraps a Blob or File; the browser's `File.slice` reads only the requested range. */
 export function blobSource(blob: Blob, name = (blob as File).name ?? 'blob'): ByteSource {
   return {
     name,

@@ -9,7 +9,7 @@ import { Module } from './module.ts';
 
 let dropoutCounter = 0x9e3779b9;
 
-/** A fresh seed for each dropout call, so masks differ between steps. */
+/** Returns a fresh seed for each dropout call, so masks differ between steps. */
 export function nextDropoutSeed(): number {
   dropoutCounter = (Math.imul(dropoutCounter, 1664525) + 1013904223) >>> 0;
   return dropoutCounter;

@@ -77,7 +77,7 @@ function maskParams(params: FlashAttentionParams, hasKeyLengths: boolean): Atten
   return { ...params, hasKeyLengths };
 }
 
-/** The number of keys 0..n-1 that query i of batch row b may attend to (see the file header). */
+/** Returns n, the number of keys 0..n-1 that query i of batch row b may attend to (see the file header). */
 function validKeys(shape: AttentionShape, params: FlashAttentionParams, keyLengths: ArrayLike<number> | undefined, b: number, i: number): number {
   let n = shape.keyLength;
   if (params.causal) n = Math.min(n, i + params.queryOffset + 1);

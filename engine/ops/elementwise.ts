@@ -292,7 +292,7 @@ export function mean(x: Tensor, axes?: number[], keepDims = false): Tensor {
   return scale(sum(x, list, keepDims), 1 / count);
 }
 
-/** A view of `x` with another shape; gradients flow back through the same view. */
+/** Returns a view of `x` with another shape. Gradients flow back through the same view. */
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   const out = x.view(shape);
   return record(out, [x], (g) => accumulateGradInto(x, g.view(x.shape)));

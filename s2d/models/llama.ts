@@ -157,7 +157,7 @@ export class LlamaDecoder extends Module {
     this.lmHead = config.tieWordEmbeddings ? null : this.addModule('lm_head', new Linear(width, vocabSize, rng, { bias: false }));
   }
 
-  /** All LoRALinear layers of the blocks. */
+  /** Returns every LoRALinear layer of the blocks. */
   loraLayers(): LoRALinear[] {
     const out: LoRALinear[] = [];
     for (const layer of this.layers.items) {

@@ -1,8 +1,8 @@
 // Fused flash-style attention against the unfused composition (matmul, mask, softmax, matmul):
 // wall-clock time and tokens per second for the forward pass and forward plus backward, and the
 // bytes of the largest intermediate (the unfused path keeps the [B, H, T, T] score matrix).
-// Usage: npm run bench:attention [-- --causal] [-- --seq 256]
-import { initDevice } from '../engine/devices.ts';
+// Usage: npm run bench:attention [-- --causal] [-- --seq 256] [-- --no-bounds-checks]
+import { boundsChecksEnabled, initDevice } from '../engine/devices.ts';
 import { scaledDotProductAttention } from '../engine/nn/attention.ts';
 import { flashAttention, mul, sum } from '../engine/ops/index.ts';
 import { Random } from '../engine/random.ts';
@@ -12,7 +12,7 @@ const args = process.argv.slice(2);
 const causal = args.includes('--causal');
 const seqIndex = args.indexOf('--seq');
 const [batch, heads, seqLen, headDim] = [8, 4, seqIndex >= 0 ? Number(args[seqIndex + 1]) : 128, 64];
-const device = await initDevice('webgpu');
+const device = await initDevice('webgpu', { boundsChecks: args.includes('--no-bounds-checks') ? false : undefined });
 const rng = new Random(3);
 const size = batch * heads * seqLen * headDim;
 const shape = [batch, heads, seqLen, headDim];
@@ -45,7 +45,7 @@ async function forwardBackward(fn: Attention): Promise<void> {
 }
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-console.log(`device: ${device.description}`);
+console.log(`device: ${device.description}; shader bounds checks ${boundsChecksEnabled() ? 'on' : 'off'}`);
 console.log(`B=${batch} H=${heads} T=${seqLen} Dh=${headDim}${causal ? ', causal' : ''}; median of 5 runs after 2 warm-up runs`);
 console.log(`unfused score matrix: ${((batch * heads * seqLen * seqLen * 4) / 2 ** 20).toFixed(1)} MiB; fused keeps ${((batch * heads * seqLen * 4) / 2 ** 10).toFixed(1)} KiB of row statistics`);
 for (const [name, fn] of Object.entries(implementations)) {

@@ -15,16 +15,19 @@
 // threads off in Node.
 //
 // Usage: npm run bench:matmul -- [--variants subgroup,blocked,naive] [--large] [--only TEXT] [--no-peers]
+//                                [--no-bounds-checks]
 //   --variants  kernels to time (default: all three, naive only up to 512³)
 //   --large     adds 2048³ and 512×4096 · 4096×4096
 //   --only      times only the shapes whose label contains TEXT, such as 1024
 //   --no-peers  skips the TensorFlow.js backends
+//   --no-bounds-checks  runs our kernels without Dawn's buffer bounds checks (see
+//               InitDeviceOptions.boundsChecks); the peers share the instance, so theirs go too
 import { cpus, freemem } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { matmulKernel, matmulShape, matmulReference } from '../engine/ops/matmul.ts';
-import { getDawnGpu, initDevice } from '../engine/devices.ts';
+import { boundsChecksEnabled, getDawnGpu, initDevice } from '../engine/devices.ts';
 import { defineKernel, type Kernel, type TensorSpec } from '../engine/kernel.ts';
 import { sizeClassOf, type WebGpuDevice } from '../engine/webgpu-device.ts';
 import { matmulNaiveProgram, matmulProgram, type MatmulShape } from '../kernels/matmul.ts';
@@ -468,8 +471,8 @@ if (args.includes('--large')) {
 const onlyArg = args.indexOf('--only');
 const selectedShapes = onlyArg >= 0 ? shapes.filter((shape) => shape.label.includes(args[onlyArg + 1])) : shapes;
 
-const device = (await initDevice('webgpu')) as WebGpuDevice;
-console.log(`device: ${device.description}`);
+const device = (await initDevice('webgpu', { boundsChecks: args.includes('--no-bounds-checks') ? false : undefined })) as WebGpuDevice;
+console.log(`device: ${device.description}; shader bounds checks ${boundsChecksEnabled() ? 'on' : 'off'}`);
 console.log(`runs: median of ${RUNS} after warm-up, each ≥ ${RUN_TARGET_MS} ms of back-to-back dispatches plus one readback\n`);
 
 const notes: string[] = [];

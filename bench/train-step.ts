@@ -1,6 +1,7 @@
 // Times one training step of the tiny preset's decoder (causal LM) and of PAG stage 1, and
-// counts the kernel dispatches each records. Usage: npm run bench:step [-- --device cpu]
-import { initDevice } from '../engine/devices.ts';
+// counts the kernel dispatches each records.
+// Usage: npm run bench:step [-- --device cpu] [-- --no-bounds-checks]
+import { boundsChecksEnabled, initDevice } from '../engine/devices.ts';
 import { AdamW } from '../engine/optim.ts';
 import { Random } from '../engine/random.ts';
 import { fromHost, tidy } from '../engine/tensor.ts';
@@ -10,7 +11,9 @@ import { S2DAlign } from '../s2d/model.ts';
 import { stageParameters } from '../s2d/train.ts';
 
 const deviceArg = process.argv.includes('--device') ? process.argv[process.argv.indexOf('--device') + 1] : 'webgpu';
-const device = await initDevice(deviceArg as 'webgpu' | 'cpu');
+const device = await initDevice(deviceArg as 'webgpu' | 'cpu', {
+  boundsChecks: process.argv.includes('--no-bounds-checks') ? false : undefined,
+});
 const config = TINY;
 const vocabSize = 415;
 const batch = config.training.batchSize;
@@ -67,7 +70,7 @@ async function timeSteps(label: string, parameters: ReturnType<typeof model.para
   console.log(`  ${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 }
 
-console.log(`device: ${device.description}; batch ${batch}, report length ${length}`);
+console.log(`device: ${device.description}; shader bounds checks ${boundsChecksEnabled() ? 'on' : 'off'}; batch ${batch}, report length ${length}`);
 const decoderBase = model.decoder.parameters().filter((p) => !model.decoder.loraParameters().includes(p));
 await timeSteps('decoder causal-LM step', decoderBase, () =>
   model.reportLoss(null, fromHost(ids, [batch, length]), fromHost(targets, [batch, length])),

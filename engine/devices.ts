@@ -9,6 +9,7 @@ export type DeviceKind = 'auto' | 'webgpu' | 'cpu';
 let current: Device | null = null;
 // Dawn's instance object must outlive the device, or the process crashes later in a finalizer.
 let dawnInstance: unknown = null;
+let dawnBoundsChecks = true;
 
 /** Returns the device new tensors go to: the CPU device until `initDevice` picks another. */
 export function getDevice(): Device {
@@ -28,7 +29,15 @@ export function getDawnGpu(): GPU | null {
   return dawnInstance as GPU | null;
 }
 
-async function findGpu(): Promise<GPU | null> {
+/**
+ * Whether the current WebGPU device's shaders check buffer accesses: false only when
+ * `initDevice` was asked to drop the checks and runs on Dawn in Node.
+ */
+export function boundsChecksEnabled(): boolean {
+  return current?.kind !== 'webgpu' || !dawnInstance || dawnBoundsChecks;
+}
+
+async function findGpu(boundsChecks: boolean): Promise<GPU | null> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return nav.gpu;
   const isNode = typeof process !== 'undefined' && !!process.versions?.node;
@@ -41,14 +50,33 @@ async function findGpu(): Promise<GPU | null> {
   };
   Object.assign(globalThis, dawn.globals);
   if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = '/tmp';
-  // Without this flag Dawn rounds timestamp queries to 65.5 µs steps, too coarse for profiling.
-  dawnInstance = dawn.create(['disable-dawn-features=timestamp_quantization']);
+  // Without timestamp_quantization off, Dawn rounds timestamp queries to 65.5 µs steps, too
+  // coarse for profiling. disable_robustness drops the bounds checks that Dawn adds to every
+  // buffer access in generated shaders.
+  const flags = ['disable-dawn-features=timestamp_quantization'];
+  if (!boundsChecks) flags.push('enable-dawn-features=disable_robustness');
+  dawnInstance = dawn.create(flags);
+  dawnBoundsChecks = boundsChecks;
   return dawnInstance as GPU;
 }
 
 export interface InitDeviceOptions {
   /** Called with a one-line message when WebGPU was requested or preferred but is missing. */
   warn?: (message: string) => void;
+  /**
+   * Whether shaders check every buffer access against the buffer's size (WebGPU's robustness
+   * guarantee). True by default. False applies to Dawn in Node only (browsers always check):
+   * it removes the checks from generated shaders, which made matmul about 1.4× faster on
+   * lavapipe, but a kernel bug that indexes past a buffer then reads or corrupts other memory
+   * instead of reading zeros. The engine's kernels guard their indices themselves and their
+   * tests run both ways. The environment variable S2D_BOUNDS_CHECKS=0 sets the default to false.
+   */
+  boundsChecks?: boolean;
+}
+
+function defaultBoundsChecks(): boolean {
+  const env = typeof process !== 'undefined' ? process.env?.S2D_BOUNDS_CHECKS : undefined;
+  return env !== '0' && env !== 'false';
 }
 
 /**
@@ -62,7 +90,7 @@ export async function initDevice(kind: DeviceKind = 'auto', options: InitDeviceO
   }
   let reason = 'no WebGPU adapter was found';
   try {
-    const gpu = await findGpu();
+    const gpu = await findGpu(options.boundsChecks ?? defaultBoundsChecks());
     if (gpu) {
       const device = await createWebGpuDevice(gpu, dawnInstance);
       if (device) {

@@ -3,7 +3,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { initDevice, type DeviceKind } from '../engine/devices.ts';
+import { initDevice, type DeviceKind, type InitDeviceOptions } from '../engine/devices.ts';
 import { fromHost, noGrad } from '../engine/tensor.ts';
 import { fileSource, writeFileAtomic, writeTextAtomic } from '../weights/node-files.ts';
 import { CONFIG_FILE, encodeModel, parseSavedConfig, VOCAB_FILE, WEIGHTS_FILE, type SavedConfig } from './checkpoint.ts';
@@ -30,6 +30,8 @@ Usage:
       --batch-size   samples per training step (default: the preset's, 8 tiny, 64 paper)
       --stages       PAG stage schedule, e.g. 1,2,3 (default), 1,3 or 1,3,2; each stage keeps
                      its preset epochs and learning rate
+      --no-bounds-checks  drops Dawn's per-access buffer bounds checks from shaders (Node only;
+                     faster on CPU Vulkan drivers, but a kernel bug can corrupt memory)
   s2d train --preset paper --vision DIR --text DIR --llm DIR --data DIR --out DIR [--llm-tokenizer PATH] [--text-tokenizer PATH]
       Trains around Hugging Face checkpoints, after checking the memory plan against the adapter;
       --device, --epoch-scale and --batch-size work as above.
@@ -41,7 +43,7 @@ Usage:
       --text-tokenizer  tokenizer.json or vocab.txt (or a folder) in place of the --text folder's
       --out then contains the trained parts only: model.safetensors (memory bank, SMA adapters),
       adapter/ (LoRA in PEFT's layout), tokenizer.json and config.json naming the three folders.
-  s2d generate --model DIR --image FILE [--max-tokens N] [--device auto|webgpu|cpu]
+  s2d generate --model DIR --image FILE [--max-tokens N] [--device auto|webgpu|cpu] [--no-bounds-checks]
       Writes a report for one PNG or JPEG chest X-ray with a model saved by "s2d train". For a
       paper-mode model the frozen base is loaded from the folders named in its config.json.
   s2d export --model DIR --out DIR [--f16]
@@ -85,6 +87,10 @@ async function prepareOutputFolder(dir: string): Promise<string | null> {
   }
 }
 
+function deviceOptions(noBoundsChecks: boolean | undefined): InitDeviceOptions {
+  return { warn: (m) => process.stderr.write(`${m}\n`), boundsChecks: noBoundsChecks ? false : undefined };
+}
+
 async function train(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -93,6 +99,7 @@ async function train(args: string[]): Promise<number> {
       out: { type: 'string' },
       preset: { type: 'string', default: 'tiny' },
       device: { type: 'string' },
+      'no-bounds-checks': { type: 'boolean' },
       'epoch-scale': { type: 'string', default: '1' },
       'batch-size': { type: 'string' },
       stages: { type: 'string' },
@@ -144,7 +151,7 @@ async function train(args: string[]): Promise<number> {
 
   const started = performance.now();
   const progress = new TerminalProgress();
-  const device = await initDevice(deviceKind(values.device), { warn: (m) => process.stderr.write(`${m}\n`) });
+  const device = await initDevice(deviceKind(values.device), deviceOptions(values['no-bounds-checks']));
   const opened = paperMode ? await paperCommands.openPaperFromArgs(paper, config, device) : undefined;
   const result = await runMainJob({ dataDir: resolve(values.data), files: nodeFiles, config, device, progress, epochScale, pretrained: opened?.setup });
 
@@ -183,12 +190,13 @@ async function generate(args: string[]): Promise<number> {
       image: { type: 'string' },
       'max-tokens': { type: 'string' },
       device: { type: 'string' },
+      'no-bounds-checks': { type: 'boolean' },
     },
   });
   if (!values.model) return fail('generate needs --model DIR (a folder written by "s2d train")');
   if (!values.image) return fail('generate needs --image FILE (a PNG or JPEG chest X-ray)');
   const modelDir = resolve(values.model);
-  await initDevice(deviceKind(values.device), { warn: (m) => process.stderr.write(`${m}\n`) });
+  await initDevice(deviceKind(values.device), deviceOptions(values['no-bounds-checks']));
 
   const configPath = join(modelDir, CONFIG_FILE);
   const saved = parseSavedConfig(await readFile(configPath, 'utf8').catch(() => {

@@ -5,7 +5,8 @@
 //
 // When Chromium's SwiftShader Vulkan driver is installed, the kernel test files run a second
 // time on it (subgroup size 4, where lavapipe has 8), so subgroup code is checked on two
-// sizes. S2D_TEST_SWIFTSHADER=0 skips that pass.
+// sizes. That pass also drops Dawn's shader bounds checks (S2D_BOUNDS_CHECKS=0), so the
+// kernels are tested both with and without them. S2D_TEST_SWIFTSHADER=0 skips that pass.
 //
 // Usage: node scripts/run-tests.mjs [substring ...]   runs only files whose name contains one.
 import { spawn } from 'node:child_process';
@@ -52,7 +53,7 @@ const runs = files.map((name) => ({ name, label: name, env: {} }));
 if (process.env.S2D_TEST_SWIFTSHADER !== '0' && existsSync(SWIFTSHADER_ICD)) {
   for (const name of files) {
     if (KERNEL_FILES.some((stem) => name === `${stem}.test.ts`)) {
-      runs.push({ name, label: `${name} on SwiftShader`, env: { VK_ICD_FILENAMES: SWIFTSHADER_ICD } });
+      runs.push({ name, label: `${name} on SwiftShader without bounds checks`, env: { VK_ICD_FILENAMES: SWIFTSHADER_ICD, S2D_BOUNDS_CHECKS: '0' } });
     }
   }
 }

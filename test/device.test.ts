@@ -1,7 +1,7 @@
 // The WebGPU device layer: error reporting, write ordering, scopes and memory over a long run.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { setDevice } from '../engine/devices.ts';
+import { boundsChecksEnabled, setDevice } from '../engine/devices.ts';
 import { defineKernel } from '../engine/kernel.ts';
 import { Linear } from '../engine/nn/layers.ts';
 import { add, gelu, mean, square, sub } from '../engine/ops/index.ts';
@@ -34,6 +34,13 @@ test('shader compile error names the kernel', async () => {
   assert.match(message, /broken_kernel/);
   x.dispose();
   y.dispose();
+});
+
+test('S2D_BOUNDS_CHECKS decides whether Dawn keeps shader bounds checks', async () => {
+  const device = await webgpu();
+  setDevice(device);
+  const expected = process.env.S2D_BOUNDS_CHECKS !== '0' && process.env.S2D_BOUNDS_CHECKS !== 'false';
+  assert.is(boundsChecksEnabled(), expected);
 });
 
 test('upload after release keeps earlier reads intact', async () => {

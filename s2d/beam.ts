@@ -12,8 +12,9 @@
 // current length, would rank above them. That is the rule of Hugging Face transformers' default
 // `early_stopping=False`. Otherwise it stops after maxTokens steps and ranks the live beams with
 // the ended ones. With K = 1 this is greedy decoding.
-import { broadcastTo } from '../engine/ops/index.ts';
-import { fromHost, keep, noGrad, tidy, type Tensor } from '../engine/tensor.ts';
+import { reshape } from '../engine/ops/index.ts';
+import { concat, slice } from '../engine/ops/shape.ts';
+import { fromHost, noGrad, tidy, type Tensor } from '../engine/tensor.ts';
 import type { SpecialIds } from './batches.ts';
 import { bannedTokens } from './generate.ts';
 import type { S2DAlign } from './model.ts';
@@ -43,17 +44,23 @@ export interface BeamResult {
 
 /**
  * Returns logits [K, V] (row-major) for the next token after each prefix. A prefix contains the
- * generated tokens without <bos>; all prefixes of one call have the same length.
+ * generated tokens without <bos>; all prefixes of one call have the same length. Prefix i
+ * extends prefix parents[i] of the previous call by its last token (on the first call, every
+ * prefix is empty and parents are 0), so a scorer with a key/value cache can reorder it.
  */
-export type NextTokenScorer = (prefixes: number[][]) => Promise<ArrayLike<number>>;
+export type NextTokenScorer = (prefixes: number[][], parents: number[]) => Promise<ArrayLike<number>>;
 
 interface Beam {
   tokens: number[];
   logProb: number;
+  /** Row of this beam's prefix in the previous scorer call. */
+  parent: number;
 }
 
 interface Candidate {
   beam: Beam;
+  /** Row of `beam` in this step's scorer call. */
+  row: number;
   token: number;
   logProb: number;
 }
@@ -95,10 +102,13 @@ export async function beamSearch(scoreNext: NextTokenScorer, options: BeamOption
   const banned = bannedTokens(ids);
   const rank = (logProb: number, length: number) => logProb / Math.max(1, length) ** lengthPenalty;
   let finished: BeamResult[] = [];
-  let beams: Beam[] = [{ tokens: [], logProb: 0 }];
+  let beams: Beam[] = [{ tokens: [], logProb: 0, parent: 0 }];
 
   for (let step = 0; step < maxTokens && beams.length > 0; step++) {
-    const logits = await scoreNext(beams.map((beam) => beam.tokens));
+    const logits = await scoreNext(
+      beams.map((beam) => beam.tokens),
+      beams.map((beam) => beam.parent),
+    );
     const vocab = logits.length / beams.length;
 
     // Each beam's best 2K tokens are enough to fill the 2K best candidates overall.
@@ -106,7 +116,7 @@ export async function beamSearch(scoreNext: NextTokenScorer, options: BeamOption
     beams.forEach((beam, row) => {
       const logProbs = logSoftmax(logits, row * vocab, vocab, banned);
       for (const token of topIndices(logProbs, 2 * beamSize)) {
-        candidates.push({ beam, token, logProb: beam.logProb + logProbs[token] });
+        candidates.push({ beam, row, token, logProb: beam.logProb + logProbs[token] });
       }
     });
     // Array.prototype.sort is stable, so equal scores keep beam order, then token order.
@@ -121,7 +131,7 @@ export async function beamSearch(scoreNext: NextTokenScorer, options: BeamOption
           finished.push({ tokens: candidate.beam.tokens, logProb: candidate.logProb, score: rank(candidate.logProb, length), finished: true });
         }
       } else if (next.length < beamSize) {
-        next.push({ tokens: [...candidate.beam.tokens, candidate.token], logProb: candidate.logProb });
+        next.push({ tokens: [...candidate.beam.tokens, candidate.token], logProb: candidate.logProb, parent: candidate.row });
       }
     }
     finished = finished.sort((a, b) => b.score - a.score).slice(0, beamSize);
@@ -133,30 +143,38 @@ export async function beamSearch(scoreNext: NextTokenScorer, options: BeamOption
     if (finished.length === beamSize && beams.length > 0 && finished[beamSize - 1].score >= rank(beams[0].logProb, beams[0].tokens.length)) break;
   }
 
-  const live = beams.map((beam) => ({ ...beam, score: rank(beam.logProb, beam.tokens.length), finished: false }));
+  const live = beams.map(({ tokens, logProb }) => ({ tokens, logProb, score: rank(logProb, tokens.length), finished: false }));
   const ranked = [...finished, ...live].sort((a, b) => b.score - a.score);
   if (ranked.length === 0) throw new Error('beam search: no hypothesis survived; every token is banned');
   return ranked[0];
 }
 
 /**
- * Beam search for one image given its features [1, 1 + P, Dv]. The live beams are decoded as
- * one batch [K, L] against the image context broadcast to [K, N, Dl].
+ * Beam search for one image given its features [1, 1 + P, Dv]. The decoder keeps a key/value
+ * cache: the first step reads [C1 ; <bos>] for one row, and each later step reorders the cache
+ * to the parents of the live beams and reads only their newest tokens as one batch [K, 1].
  */
 export async function generateBeam(model: S2DAlign, features: Tensor, options: BeamOptions): Promise<BeamResult> {
   const [batch] = features.shape;
   if (batch !== 1) throw new Error(`generateBeam: expected features for one image [1, 1 + P, Dv], got batch ${batch}; call it once per image`);
   const { bos } = options.ids;
-  const context = keep(noGrad(() => tidy(() => model.visualContext(features))));
-  const [, queries, width] = context.shape;
-  const scoreNext: NextTokenScorer = async (prefixes) => {
-    const beams = prefixes.length;
-    const length = prefixes[0].length + 1;
-    const inputIds = new Int32Array(beams * length);
-    prefixes.forEach((prefix, row) => inputIds.set([bos, ...prefix], row * length));
+  const cache = model.decoder.createCache();
+  const scoreNext: NextTokenScorer = async (prefixes, parents) => {
     const logits = noGrad(() =>
-      // TODO: reuse the decoder's key/value cache (greedy decoding has one) instead of rerunning the prefix.
-      tidy(() => model.nextTokenLogits(broadcastTo(context, [beams, queries, width]), fromHost(inputIds, [beams, length]))),
+      tidy(() => {
+        let inputs: Tensor;
+        if (cache.length === 0) {
+          const context = model.visualContext(features);
+          inputs = concat([context, model.decoder.embed(fromHost(Int32Array.of(bos), [1, 1]))], 1);
+        } else {
+          cache.selectRows(parents);
+          const newest = Int32Array.from(prefixes, (prefix) => prefix[prefix.length - 1]);
+          inputs = model.decoder.embed(fromHost(newest, [prefixes.length, 1]));
+        }
+        const hidden = model.decoder.forwardHidden(inputs, cache);
+        const length = hidden.shape[1];
+        return reshape(model.decoder.logits(slice(hidden, 1, length - 1, length)), [prefixes.length, model.vocabSize]);
+      }),
     );
     try {
       return await logits.data();
@@ -167,6 +185,6 @@ export async function generateBeam(model: S2DAlign, features: Tensor, options: B
   try {
     return await beamSearch(scoreNext, options);
   } finally {
-    context.dispose();
+    cache.dispose();
   }
 }

@@ -1,16 +1,17 @@
 // Beam search: the search rules on a hand-made next-token distribution where greedy decoding
-// is not optimal, then the S2D-Align decoder on the CPU device, where beam size 1 must give
-// exactly the greedy tokens.
+// is not optimal, then the S2D-Align decoder, where beam size 1 must give exactly the greedy
+// tokens and the cached decoder must match rerunning every prefix.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { setDevice } from '../engine/devices.ts';
+import { broadcastTo } from '../engine/ops/index.ts';
 import { fromHost, noGrad, tidy } from '../engine/tensor.ts';
 import type { SpecialIds } from '../s2d/batches.ts';
 import { beamSearch, generateBeam, type NextTokenScorer } from '../s2d/beam.ts';
 import { TINY, type S2DConfig } from '../s2d/config.ts';
 import { generateGreedy } from '../s2d/generate.ts';
 import { S2DAlign } from '../s2d/model.ts';
-import { cpu, randomArray } from './helpers.ts';
+import { cpu, randomArray, webgpu } from './helpers.ts';
 
 const IDS: SpecialIds = { pad: 0, bos: 1, eos: 2, unk: 3 };
 const [EOS, X, Y, Z] = [2, 4, 5, 6];
@@ -155,6 +156,42 @@ test('beam log-probability matches teacher forcing (cpu)', async () => {
   features.dispose();
   model.dispose();
 });
+
+/** Beam search that reruns every prefix in full: the reference for the cached decoder. */
+async function uncachedBeam(model: S2DAlign, features: ReturnType<typeof randomFeatures>, beamSize: number, maxTokens: number) {
+  const context = noGrad(() => model.visualContext(features));
+  const [, queries, width] = context.shape;
+  const result = await beamSearch(async (prefixes) => {
+    const length = prefixes[0].length + 1;
+    const inputIds = new Int32Array(prefixes.length * length);
+    prefixes.forEach((prefix, row) => inputIds.set([IDS.bos, ...prefix], row * length));
+    const logits = noGrad(() =>
+      tidy(() => model.nextTokenLogits(broadcastTo(context, [prefixes.length, queries, width]), fromHost(inputIds, [prefixes.length, length]))),
+    );
+    const values = await logits.data();
+    logits.dispose();
+    return values;
+  }, { beamSize, maxTokens, ids: IDS });
+  context.dispose();
+  return result;
+}
+
+for (const [name, getDevice] of [['cpu', async () => cpu], ['webgpu', webgpu]] as const) {
+  test(`beam search with the key/value cache equals rerunning the prefixes (${name})`, async () => {
+    setDevice(await getDevice());
+    const model = new S2DAlign(MICRO, VOCAB_SIZE, 14);
+    for (const seed of [5, 6]) {
+      const features = randomFeatures(seed);
+      const cached = await generateBeam(model, features, { beamSize: 3, maxTokens: 9, ids: IDS });
+      const reference = await uncachedBeam(model, features, 3, 9);
+      assert.equal(cached.tokens, reference.tokens, `seed ${seed}: cached ${cached.tokens.join(' ')} | uncached ${reference.tokens.join(' ')}`);
+      assert.is(cached.finished, reference.finished);
+      assert.ok(Math.abs(cached.logProb - reference.logProb) < 1e-4, `seed ${seed}: logProb cached=${cached.logProb} | uncached=${reference.logProb}`);
+      features.dispose();
+    }
+    model.dispose();
+  });
+}
 
 test('generateBeam rejects a batch of images', async () => {
   setDevice(cpu);

@@ -12,3 +12,4 @@ export * from './mask.ts';
 export * from './attention.ts';
 export * from './rope.ts';
 export * from './select.ts';
+export * from './gather.ts';

@@ -8,10 +8,10 @@
 import { applyRope, mergeHeads, ropeTables, scaledDotProductAttention, splitHeads } from '../../engine/nn/attention.ts';
 import { Embedding, Linear, LoRALinear, RMSNorm, type LoraOptions } from '../../engine/nn/layers.ts';
 import { Module, ModuleList } from '../../engine/nn/module.ts';
-import { add, affine, broadcastTo, matmul, mul, reshape, silu } from '../../engine/ops/index.ts';
+import { add, affine, broadcastTo, gather, matmul, mul, reshape, silu } from '../../engine/ops/index.ts';
 import { concat } from '../../engine/ops/shape.ts';
 import type { Random } from '../../engine/random.ts';
-import { fromHost, keep, noGrad, type Tensor } from '../../engine/tensor.ts';
+import { fromHost, keep, noGrad, tidy, type Tensor } from '../../engine/tensor.ts';
 
 export interface LlamaConfig {
   vocabSize: number;
@@ -251,6 +251,20 @@ export class KvCache {
     this.keys[layer] = keys;
     this.values[layer] = values;
     return [keys, values];
+  }
+
+  /**
+   * Keeps the batch rows `rows` of every layer's keys and values, in that order (rows may
+   * repeat), e.g. the parent of each beam after a beam-search step.
+   */
+  selectRows(rows: readonly number[]): void {
+    for (const store of [this.keys, this.values]) {
+      store.forEach((tensor, layer) => {
+        if (!tensor) return;
+        store[layer] = keep(noGrad(() => tidy(() => gather(tensor, 0, rows))));
+        tensor.dispose();
+      });
+    }
   }
 
   dispose(): void {

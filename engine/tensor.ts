@@ -5,7 +5,7 @@
 // reverse topological order. Gradients are computed by the same ops with recording off.
 import type { Device, Storage } from './device.ts';
 import { getDevice } from './devices.ts';
-import { shapeString, sizeOf, type DType, type TypedArray } from './dtype.ts';
+import { bytesPerElement, dtypeOfArray, floatArrayToHalf, shapeString, sizeOf, type DType, type TypedArray } from './dtype.ts';
 
 let gradEnabled = true;
 const scopes: Set<Tensor>[] = [];
@@ -49,7 +49,6 @@ export function leakedTensorCount(): number {
 
 export class Tensor {
   readonly shape: readonly number[];
-  readonly dtype: DType;
   readonly device: Device;
   requiresGrad: boolean;
   grad: Tensor | null = null;
@@ -63,16 +62,22 @@ export class Tensor {
   /** Set on tensors that `tidy` must not dispose (parameters, gradients of leaves). */
   kept = false;
   private storageRef: Storage | null;
+  private dtypeValue: DType;
   private isGradient = false;
 
   constructor(storage: Storage, shape: readonly number[], dtype: DType, device: Device, requiresGrad = false) {
     this.storageRef = storage;
     this.shape = Object.freeze([...shape]);
-    this.dtype = dtype;
+    this.dtypeValue = dtype;
     this.device = device;
     this.requiresGrad = requiresGrad;
     if (scopes.length > 0) scopes[scopes.length - 1].add(this);
     leakRegistry.register(this, { storage, device, description: `[${shape.join(', ')}] ${dtype}` }, this);
+  }
+
+  /** Element type; f16 only for frozen tensors (no gradient flows through f16 storage). */
+  get dtype(): DType {
+    return this.dtypeValue;
   }
 
   get size(): number {
@@ -128,8 +133,8 @@ export class Tensor {
     if (data.length !== this.size) {
       throw new Error(`assign: ${data.length} values for ${this.describe()} (${this.size} elements)`);
     }
-    if ((this.dtype === 'f32') !== data instanceof Float32Array) {
-      throw new Error(`assign: ${data instanceof Float32Array ? 'f32' : 'i32'} values for ${this.describe()}`);
+    if (dtypeOfArray(data) !== this.dtype) {
+      throw new Error(`assign: ${dtypeOfArray(data)} values (${data.constructor.name}) for ${this.describe()}; f16 tensors take Uint16Array bit patterns (floatArrayToHalf)`);
     }
     this.device.write(this.storage, data);
     if (this.hostData) this.hostData = data.slice();
@@ -141,7 +146,7 @@ export class Tensor {
     if (!sameShape || source.dtype !== this.dtype || source.device !== this.device) {
       throw new Error(`copyFrom: cannot copy ${source.describe()} into ${this.describe()}; shapes, dtypes and devices must match`);
     }
-    this.device.copy(source.storage, this.storage, this.size * 4);
+    this.device.copy(source.storage, this.storage, this.size * bytesPerElement(this.dtype));
     this.hostData = source.hostData ? source.hostData.slice() : null;
   }
 
@@ -154,11 +159,16 @@ export class Tensor {
     return out;
   }
 
-  /** Computes gradients of this scalar with respect to every tensor that requires them. */
-  backward(): void {
-    if (this.size !== 1) throw new Error(`backward(): ${this.describe()} is not a scalar; reduce it first (sum or mean)`);
+  /**
+   * Computes gradients of this tensor with respect to every tensor that requires them. A
+   * scalar starts from 1; any other tensor needs `gradient` (its own shape, taken over).
+   */
+  backward(gradient?: Tensor): void {
+    if (!gradient && this.size !== 1) throw new Error(`backward(): ${this.describe()} is not a scalar; reduce it first (sum or mean)`);
+    const sameShape = gradient && gradient.shape.length === this.shape.length && gradient.shape.every((d, i) => d === this.shape[i]);
+    if (gradient && !sameShape) throw new Error(`backward(): gradient ${gradient.describe()} does not match ${this.describe()}; pass a gradient of the same shape`);
     const order = topologicalOrder(this);
-    const seed = fromHost(new Float32Array([1]), this.shape, 'f32', this.device);
+    const seed = gradient ?? fromHost(new Float32Array([1]), this.shape, 'f32', this.device);
     noGrad(() => {
       accumulateGrad(this, seed);
       for (let i = order.length - 1; i >= 0; i--) {
@@ -170,6 +180,23 @@ export class Tensor {
         node.grad = null;
       }
     });
+  }
+
+  /**
+   * Points this tensor at `storage`, which holds the same elements in `dtype`, and releases
+   * the old storage. Loaders use it to re-store a frozen weight as f16 while the layers keep
+   * their reference to the tensor. Views made earlier keep the old storage.
+   */
+  replaceStorage(storage: Storage, dtype: DType): void {
+    if (dtype === 'f16' && this.requiresGrad) {
+      throw new Error(`replaceStorage: ${this.describe()} requires a gradient, and f16 tensors cannot be trained; set requiresGrad = false first or keep it f32`);
+    }
+    const old = this.storage;
+    leakRegistry.unregister(this);
+    this.storageRef = storage;
+    this.dtypeValue = dtype;
+    leakRegistry.register(this, { storage, device: this.device, description: `${shapeString(this.shape)} ${dtype}` }, this);
+    this.device.release(old);
   }
 
   /** Marks this tensor as a gradient owned by another tensor (used by accumulateGrad). */
@@ -224,6 +251,17 @@ export function isGradEnabled(): boolean {
 export function noGrad<T>(fn: () => T): T {
   const previous = gradEnabled;
   gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = previous;
+  }
+}
+
+/** Runs `fn` with autograd recording on, also inside `noGrad` (used to recompute checkpointed blocks during backward). */
+export function enableGrad<T>(fn: () => T): T {
+  const previous = gradEnabled;
+  gradEnabled = true;
   try {
     return fn();
   } finally {
@@ -286,15 +324,19 @@ export function resolveShape(shape: readonly number[], size: number, from: reado
   return resolved;
 }
 
-/** Creates a tensor from host values. */
-export function fromHost(data: TypedArray, shape: readonly number[], dtype: DType = data instanceof Int32Array ? 'i32' : 'f32', device: Device = getDevice()): Tensor {
+/**
+ * Creates a tensor from host values. An f16 tensor takes its bit patterns as a Uint16Array,
+ * or values in another array, which are rounded to f16 (nearest, ties to even).
+ */
+export function fromHost(data: TypedArray, shape: readonly number[], dtype: DType = dtypeOfArray(data), device: Device = getDevice()): Tensor {
   if (data.length !== sizeOf(shape)) {
     throw new Error(`tensor: ${data.length} values do not fill shape ${shapeString(shape)} (${sizeOf(shape)} elements)`);
   }
   let typed: TypedArray;
   if (dtype === 'f32') typed = data instanceof Float32Array ? data : Float32Array.from(data);
+  else if (dtype === 'f16') typed = data instanceof Uint16Array ? data : floatArrayToHalf(data);
   else typed = data instanceof Int32Array ? data : Int32Array.from(data);
-  const out = new Tensor(device.upload(typed), shape, dtype, device);
+  const out = new Tensor(device.upload(typed, `${shapeString(shape)} ${dtype}`), shape, dtype, device);
   if (dtype === 'i32') out.hostData = typed.slice();
   return out;
 }
@@ -302,12 +344,13 @@ export function fromHost(data: TypedArray, shape: readonly number[], dtype: DTyp
 export function tensor(values: number[] | TypedArray, shape?: readonly number[], dtype: DType = 'f32'): Tensor {
   let typed: TypedArray;
   if (!Array.isArray(values)) typed = values;
+  else if (dtype === 'f16') typed = floatArrayToHalf(values);
   else typed = dtype === 'f32' ? Float32Array.from(values) : Int32Array.from(values);
   return fromHost(typed, shape ?? [typed.length], dtype);
 }
 
 export function zeros(shape: readonly number[], dtype: DType = 'f32', device: Device = getDevice()): Tensor {
-  return new Tensor(device.zeros(dtype, sizeOf(shape)), shape, dtype, device);
+  return new Tensor(device.zeros(dtype, sizeOf(shape), `${shapeString(shape)} ${dtype}`), shape, dtype, device);
 }
 
 export function full(shape: readonly number[], value: number, device: Device = getDevice()): Tensor {

@@ -1,8 +1,8 @@
 // The WebGPU device: records kernels into one command encoder and submits when data is read
 // back or `flush()` is called. Works with Dawn in Node (npm `webgpu`) and `navigator.gpu`.
 import type { DeviceCaps } from '../kernels/types.ts';
-import type { Device, MemoryStats, Storage } from './device.ts';
-import { sizeOf, type DType, type TypedArray } from './dtype.ts';
+import { checkAllocation, checkBindings, checkSlice, type Device, type MemoryStats, type Storage, type StorageLimits } from './device.ts';
+import { bytesPerElement, sizeOf, type DType, type TypedArray } from './dtype.ts';
 import type { Kernel, TensorSpec } from './kernel.ts';
 
 const STORAGE_USAGE = GPUBufferUsage_STORAGE() | GPUBufferUsage_COPY_SRC() | GPUBufferUsage_COPY_DST();
@@ -20,9 +20,33 @@ const MAP_MODE_READ = 0x0001;
 /** Dispatches one profile can time (two timestamps each). */
 const PROFILE_CAPACITY = 2048;
 
+/**
+ * A GPU buffer, or a byte range of one. `sizeClass` is the allocated size of a whole buffer and
+ * the bound size (`byteSize` rounded up to 4 bytes) of a slice, whose `parent` owns the buffer.
+ */
 export class GpuStorage implements Storage {
   refs = 1;
-  constructor(readonly buffer: GPUBuffer, readonly byteSize: number, readonly sizeClass: number) {}
+  constructor(
+    readonly buffer: GPUBuffer,
+    readonly byteSize: number,
+    readonly sizeClass: number,
+    readonly byteOffset = 0,
+    readonly parent: GpuStorage | null = null,
+  ) {}
+}
+
+/** Rounds a byte count up to a multiple of 4, the unit of buffer copies, writes and bindings. */
+function alignTo4(bytes: number): number {
+  return Math.ceil(bytes / 4) * 4;
+}
+
+/** Returns `data` as bytes, zero-padded to a multiple of 4 (f16 arrays of odd length). */
+function paddedBytes(data: TypedArray): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  if (data.byteLength % 4 === 0) return bytes;
+  const padded = new Uint8Array(alignTo4(data.byteLength));
+  padded.set(bytes);
+  return padded;
 }
 
 /** Rounds a byte size up to one of four classes per power of two (at most 25 % waste). */
@@ -33,16 +57,35 @@ export function sizeClassOf(byteSize: number): number {
   return Math.ceil(bytes / step) * step;
 }
 
+/**
+ * Bytes allocated for a storage of `byteSize` bytes: its size class when that fits one binding,
+ * else `byteSize` rounded up to 256 bytes. So rounding never pushes a tensor over the binding
+ * or buffer limit, and a tensor larger than one binding wastes at most 255 bytes.
+ */
+export function allocationSize(byteSize: number, limits: Pick<StorageLimits, 'maxBindingBytes'>): number {
+  const sizeClass = sizeClassOf(byteSize);
+  if (sizeClass <= limits.maxBindingBytes) return sizeClass;
+  return Math.max(256, Math.ceil(byteSize / 256) * 256);
+}
+
 export class WebGpuError extends Error {}
 
 export interface WebGpuDeviceOptions {
   /** The object that owns the adapter (Dawn's `create()` result in Node); kept alive here. */
   owner?: unknown;
+  /**
+   * Binding limit in bytes, below the adapter's maxStorageBufferBindingSize. Tests set a small
+   * one so split paths run on small tensors.
+   */
+  maxBindingBytes?: number;
+  /** False generates the kernels without `enable f16;`, as on an adapter without shader-f16. */
+  shaderF16?: boolean;
 }
 
 export class WebGpuDevice implements Device {
   readonly kind = 'webgpu' as const;
   readonly caps: DeviceCaps;
+  readonly limits: StorageLimits;
   readonly description: string;
 
   private pipelines = new Map<string, GPUComputePipeline>();
@@ -70,6 +113,8 @@ export class WebGpuDevice implements Device {
   private compileMs = 0;
   private profiler: { querySet: GPUQuerySet; labels: string[] } | null = null;
   private lost: string | null = null;
+  /** Validation checks of submitted command buffers that have not resolved yet. */
+  private pendingChecks = new Set<Promise<void>>();
 
   constructor(
     readonly device: GPUDevice,
@@ -83,11 +128,16 @@ export class WebGpuDevice implements Device {
       subgroups,
       subgroupMinSize: subgroups ? info?.subgroupMinSize ?? 4 : 1,
       subgroupMaxSize: subgroups ? info?.subgroupMaxSize ?? 128 : 1,
-      shaderF16: device.features.has('shader-f16'),
+      shaderF16: device.features.has('shader-f16') && options.shaderF16 !== false,
       maxComputeWorkgroupSizeX: limits.maxComputeWorkgroupSizeX,
       maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
       maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
       maxComputeWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
+    };
+    this.limits = {
+      maxBindingBytes: Math.min(limits.maxStorageBufferBindingSize, options.maxBindingBytes ?? Infinity),
+      maxStorageBytes: limits.maxBufferSize,
+      bindingOffsetAlignment: limits.minStorageBufferOffsetAlignment,
     };
     const vendor = info?.vendor || 'unknown vendor';
     const architecture = info?.architecture || info?.device || 'unknown adapter';
@@ -97,48 +147,68 @@ export class WebGpuDevice implements Device {
       this.errors.push(`${message} (last kernel recorded: ${this.lastKernel || 'none'})`);
     });
     void device.lost.then((info) => {
-      this.lost = `WebGPU device lost (${info.reason}): ${info.message}`;
+      this.lost ??= `webgpu: device lost (${info.reason}): ${info.message || 'no message'} (last kernel recorded: ${this.lastKernel || 'none'}); create a new device`;
     });
   }
 
-  upload(data: TypedArray): Storage {
-    const storage = this.allocate(data.byteLength);
+  upload(data: TypedArray, label?: string): Storage {
+    const storage = this.allocate(data.byteLength, label);
     // queue.writeBuffer runs before any command buffer submitted after it, so work already
     // recorded (which may still read a pooled buffer handed out here) is submitted first.
     if (this.encoder) this.submit();
-    this.device.queue.writeBuffer(storage.buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    const bytes = paddedBytes(data);
+    this.device.queue.writeBuffer(storage.buffer, 0, bytes.buffer, bytes.byteOffset, bytes.byteLength);
     return storage;
   }
 
   write(storage: Storage, data: TypedArray): void {
     // Work recorded before this call must run first, so submit it.
     if (this.encoder) this.submit();
-    this.device.queue.writeBuffer((storage as GpuStorage).buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    const target = storage as GpuStorage;
+    const bytes = paddedBytes(data);
+    // Padding an odd-length f16 write to 4 bytes overwrites the 2 bytes after it, which are
+    // padding of the buffer when `data` fills the storage.
+    if (bytes.byteLength > alignTo4(target.byteSize)) {
+      throw new WebGpuError(`webgpu: writing ${data.byteLength} bytes into a storage of ${target.byteSize} bytes; write at most the storage's size`);
+    }
+    this.device.queue.writeBuffer(target.buffer, target.byteOffset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
 
   copy(source: Storage, destination: Storage, byteLength: number): void {
+    const from = source as GpuStorage;
+    const to = destination as GpuStorage;
     this.endPass();
-    this.currentEncoder().copyBufferToBuffer((source as GpuStorage).buffer, 0, (destination as GpuStorage).buffer, 0, byteLength);
+    this.currentEncoder().copyBufferToBuffer(from.buffer, from.byteOffset, to.buffer, to.byteOffset, alignTo4(byteLength));
   }
 
-  zeros(_dtype: DType, size: number): Storage {
-    const storage = this.allocate(size * 4);
+  zeros(dtype: DType, size: number, label?: string): Storage {
+    const storage = this.allocate(size * bytesPerElement(dtype), label);
     this.endPass();
     this.currentEncoder().clearBuffer(storage.buffer, 0, storage.sizeClass);
     return storage;
   }
 
-  run<P>(kernel: Kernel<P>, inputs: Storage[], specs: TensorSpec[], params: P) {
+  slice(storage: Storage, byteOffset: number, byteSize: number): Storage {
+    checkSlice(storage, byteOffset, byteSize, this.limits);
+    const parent = storage as GpuStorage;
+    parent.refs += 1;
+    // The bound size is rounded up to 4 bytes; the parent's buffer has room for it because
+    // every buffer size is a multiple of 16.
+    return new GpuStorage(parent.buffer, byteSize, alignTo4(byteSize), parent.byteOffset + byteOffset, parent);
+  }
+
+  run<P>(kernel: Kernel<P, TypedArray>, inputs: Storage[], specs: TensorSpec[], params: P) {
     this.checkHealthy();
     const outSpecs = kernel.outputs(specs, params);
-    const outputs = outSpecs.map((spec) => this.allocate(sizeOf(spec.shape) * 4));
+    checkBindings(kernel.name, inputs, specs, outSpecs, this.limits);
+    const outputs = outSpecs.map((spec) => this.allocate(sizeOf(spec.shape) * bytesPerElement(spec.dtype), `${kernel.name} output [${spec.shape.join(', ')}] ${spec.dtype}`));
     const program = kernel.wgsl(specs, params, this.caps);
     const pipeline = this.pipeline(kernel.name, program.key, program.code);
 
     const entries: GPUBindGroupEntry[] = [];
     const buffers = [...inputs, ...outputs] as GpuStorage[];
     buffers.forEach((storage, binding) => {
-      entries.push({ binding, resource: { buffer: storage.buffer, offset: 0, size: storage.sizeClass } });
+      entries.push({ binding, resource: { buffer: storage.buffer, offset: storage.byteOffset, size: Math.min(storage.sizeClass, this.device.limits.maxStorageBufferBindingSize) } });
     });
     if (program.params.length > 0) {
       entries.push({ binding: buffers.length, resource: this.writeUniforms(program.params) });
@@ -161,12 +231,12 @@ export class WebGpuDevice implements Device {
     return { storages: outputs as Storage[], specs: outSpecs };
   }
 
-  async read(storage: Storage, _dtype: DType, size: number): Promise<TypedArray> {
+  async read(storage: Storage, dtype: DType, size: number): Promise<TypedArray> {
     const source = storage as GpuStorage;
-    const byteSize = size * 4;
+    const byteSize = alignTo4(size * bytesPerElement(dtype));
     const staging = this.takeStaging(byteSize);
     this.endPass();
-    this.currentEncoder().copyBufferToBuffer(source.buffer, 0, staging, 0, byteSize);
+    this.currentEncoder().copyBufferToBuffer(source.buffer, source.byteOffset, staging, 0, byteSize);
     const flops = this.pendingFlops;
     const sleepMs = this.estimateMs() * 0.8;
     const started = performance.now();
@@ -175,20 +245,34 @@ export class WebGpuDevice implements Device {
     // Sleep for most of the expected GPU time before the promise exists: Dawn's Node binding
     // busy-polls while a WebGPU promise is pending, which takes a core away from lavapipe.
     if (sleepMs > 2) await new Promise((resolve) => setTimeout(resolve, sleepMs));
-    await staging.mapAsync(MAP_MODE_READ, 0, byteSize);
+    try {
+      await staging.mapAsync(MAP_MODE_READ, 0, byteSize);
+    } catch (error) {
+      // Dawn rejects the map with an AbortError (empty message) once the device is lost.
+      this.checkHealthy();
+      throw new WebGpuError(`webgpu: reading a result failed (${(error as Error).name}: ${(error as Error).message || 'no message'}; last kernel recorded: ${this.lastKernel || 'none'}); the device may be lost`);
+    }
+    // A command buffer that failed validation runs nothing, so the staging buffer contains stale
+    // values. Wait for the submit's validation result before returning them.
+    await this.settleChecks();
     this.learnThroughput(flops, sleepMs > 2 ? sleepMs : 0, performance.now() - started);
 
     const bytes = new Uint8Array(staging.getMappedRange(0, byteSize)).slice();
     staging.unmap();
     this.returnStaging(staging);
     this.checkHealthy();
-    return _dtype === 'f32' ? new Float32Array(bytes.buffer) : new Int32Array(bytes.buffer);
+    if (dtype === 'f16') return new Uint16Array(bytes.buffer, 0, size);
+    return dtype === 'f32' ? new Float32Array(bytes.buffer) : new Int32Array(bytes.buffer);
   }
 
   release(storage: Storage): void {
     storage.refs -= 1;
     if (storage.refs > 0) return;
     const gpuStorage = storage as GpuStorage;
+    if (gpuStorage.parent) {
+      this.release(gpuStorage.parent);
+      return;
+    }
     this.live.delete(gpuStorage);
     let free = this.pool.get(gpuStorage.sizeClass);
     if (!free) this.pool.set(gpuStorage.sizeClass, (free = []));
@@ -206,6 +290,7 @@ export class WebGpuDevice implements Device {
     this.flush();
     if (expectedMs > 2) await new Promise((resolve) => setTimeout(resolve, expectedMs * 0.8));
     await this.device.queue.onSubmittedWorkDone();
+    await this.settleChecks();
     this.checkHealthy();
   }
 
@@ -279,21 +364,15 @@ export class WebGpuDevice implements Device {
   }
 
   destroy(): void {
+    this.lost ??= 'webgpu: the device was destroyed by destroy(); create a new device';
     this.trimPool();
     this.device.destroy();
     void this.options.owner;
   }
 
-  private allocate(byteSize: number): GpuStorage {
-    const sizeClass = sizeClassOf(byteSize);
-    const maxBinding = this.device.limits.maxStorageBufferBindingSize;
-    // TODO: split a tensor larger than one binding and bind it in ranges instead of rejecting it.
-    if (sizeClass > maxBinding) {
-      throw new WebGpuError(
-        `webgpu: a tensor of ${byteSize} bytes exceeds this adapter's maxStorageBufferBindingSize ` +
-          `(${maxBinding} bytes); split the tensor or run on an adapter with larger bindings`,
-      );
-    }
+  private allocate(byteSize: number, label?: string): GpuStorage {
+    const sizeClass = allocationSize(byteSize, this.limits);
+    checkAllocation(sizeClass, this.limits, label);
     const free = this.pool.get(sizeClass);
     let buffer = free?.pop();
     if (buffer) {
@@ -383,9 +462,27 @@ export class WebGpuDevice implements Device {
     }
     this.uniformSlot = 0;
     if (this.encoder) {
+      // Invalid commands (a bind group over a freed buffer, too many workgroups) make the whole
+      // command buffer fail at finish or submit. The error scope catches that here, and the
+      // next read, flush, sync or kernel call raises it.
+      const lastKernel = this.lastKernel || 'none';
+      this.device.pushErrorScope('validation');
       this.device.queue.submit([this.encoder.finish()]);
       this.encoder = null;
+      const check = this.device.popErrorScope().then(
+        (error) => {
+          if (error) this.errors.push(`${error.message} (last kernel recorded before the submit: ${lastKernel})`);
+        },
+        () => {},
+      );
+      this.pendingChecks.add(check);
+      void check.then(() => this.pendingChecks.delete(check));
     }
+  }
+
+  /** Waits for the validation checks of every submit so far. */
+  private async settleChecks(): Promise<void> {
+    if (this.pendingChecks.size > 0) await Promise.all([...this.pendingChecks]);
   }
 
   private estimateMs(): number {

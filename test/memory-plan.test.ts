@@ -34,21 +34,26 @@ test('paper plan counts the checkpoint parameters', () => {
   assert.is(loraParameters, LORA_R16);
 });
 
-test('paper plan in f32 rejects the embedding for a 128 MiB binding', () => {
+test('paper plan in f32 rejects the embedding for a 256 MiB buffer', () => {
   const plan = planMemory(paper(), WEBGPU_DEFAULT_LIMITS, { weightDtype: 'f32' });
   const embedding = plan.problems.find((p) => p.includes('model.embed_tokens.weight [32000, 4096]'));
   assert.ok(embedding, `no problem names the embedding; problems:\n${plan.problems.join('\n')}`);
   assert.match(embedding!, '500.0 MiB in f32');
-  assert.match(embedding!, "maxStorageBufferBindingSize of 128.0 MiB");
+  assert.match(embedding!, "maxBufferSize of 256.0 MiB");
+  const head = plan.problems.find((p) => p.includes('lm_head.weight [32000, 4096]'));
+  assert.ok(head, `no problem names lm_head; problems:\n${plan.problems.join('\n')}`);
+  assert.match(head!, "maxStorageBufferBindingSize of 128.0 MiB");
   // 4096 × 4096 in f32 is 64 MiB and fits.
   assert.not.ok(plan.problems.some((p) => p.includes('q_proj')), 'q_proj [4096, 4096] f32 (64 MiB) should fit a 128 MiB binding');
   assert.throws(() => assertPlanFits(plan), /model\.embed_tokens\.weight \[32000, 4096\] needs 500\.0 MiB/);
 });
 
-test('paper plan in f16 still rejects the embedding for 128 MiB', () => {
-  // 32000 × 4096 × 2 bytes = 250 MiB; the MLP weights (86 MiB in f16) fit.
+test('paper plan in f16 splits the embedding over 128 MiB bindings', () => {
+  // 32000 × 4096 × 2 bytes = 250 MiB: one 256 MiB buffer holds the embedding, bound in row
+  // ranges; lm_head of the same size must still fit one binding. The MLP weights (86 MiB) fit.
   const plan = planMemory(paper(), WEBGPU_DEFAULT_LIMITS, { weightDtype: 'f16' });
-  assert.ok(plan.problems.some((p) => p.includes('model.embed_tokens.weight') && p.includes('250.0 MiB in f16')));
+  assert.not.ok(plan.problems.some((p) => p.includes('model.embed_tokens.weight')), `the embedding should fit:\n${plan.problems.join('\n')}`);
+  assert.ok(plan.problems.some((p) => p.includes('lm_head.weight') && p.includes('250.0 MiB in f16')));
   assert.not.ok(plan.problems.some((p) => p.includes('gate_proj')), `gate_proj in f16 should fit:\n${plan.problems.join('\n')}`);
 });
 

@@ -8,11 +8,16 @@
 //
 // The ids must carry a host copy (`fromHost`, `tensor(..., 'i32')`, or shape ops on those),
 // because they are validated and indexed on the host.
-import { embeddingBackwardProgram, embeddingProgram } from '../../kernels/embedding.ts';
-import { shapeString, sizeOf, type TypedArray } from '../dtype.ts';
-import { defineKernel } from '../kernel.ts';
-import { fromHost, type Tensor } from '../tensor.ts';
+//
+// A frozen table may be stored as f16 (the output is f32) and may be larger than one storage
+// binding: such a table is gathered in row ranges (see row-chunks.ts), one dispatch per range
+// that some id falls in, each writing only the output rows of its own ids.
+import { embeddingBackwardProgram, embeddingChunkProgram, embeddingProgram } from '../../kernels/embedding.ts';
+import { bytesPerElement, halfArrayToFloat, shapeString, sizeOf, type TypedArray } from '../dtype.ts';
+import { defineKernel, type TensorSpec } from '../kernel.ts';
+import { fromHost, isGradEnabled, zeros, type Tensor } from '../tensor.ts';
 import { accumulateGradInto } from './elementwise.ts';
+import { rowChunks, rowRange } from './row-chunks.ts';
 import { assertDtype, record, runKernel } from './run.ts';
 
 // ---------- CPU references and host helpers ----------
@@ -49,30 +54,72 @@ export function buildRowIndex(ids: ArrayLike<number>, vocabSize: number): RowInd
 
 // ---------- kernels ----------
 
-export const embeddingKernel = defineKernel<Record<string, never>>({
+function checkTable(op: string, weight: TensorSpec, ids: TensorSpec): void {
+  if ((weight.dtype !== 'f32' && weight.dtype !== 'f16') || weight.shape.length !== 2) {
+    throw new Error(`${op}: weight must be an f32 or f16 [V, D] table, got ${shapeString(weight.shape)} ${weight.dtype}`);
+  }
+  if (ids.dtype !== 'i32') {
+    throw new Error(`${op}: ids must be i32, got ${shapeString(ids.shape)} ${ids.dtype}; create them with dtype 'i32'`);
+  }
+}
+
+/** Row `v` of a [V, D] table as f32 values (f16 tables hold bit patterns). */
+function tableRow(weight: TypedArray, v: number, dim: number): ArrayLike<number> {
+  const row = weight.subarray(v * dim, (v + 1) * dim);
+  return row instanceof Uint16Array ? halfArrayToFloat(row) : row;
+}
+
+/** Inputs: weight f32 or f16 [V, D], ids i32 [...] → out f32 [..., D]. */
+export const embeddingKernel = defineKernel<Record<string, never>, TypedArray>({
   name: 'embedding',
   outputs([weight, ids]) {
-    if (weight.dtype !== 'f32' || weight.shape.length !== 2) {
-      throw new Error(`embedding: weight must be an f32 [V, D] table, got ${shapeString(weight.shape)} ${weight.dtype}`);
-    }
-    if (ids.dtype !== 'i32') {
-      throw new Error(`embedding: ids must be i32, got ${shapeString(ids.shape)} ${ids.dtype}; create them with dtype 'i32'`);
-    }
+    checkTable('embedding', weight, ids);
     const dim = weight.shape[1];
     return [{ shape: [...ids.shape, dim], dtype: 'f32' }];
   },
   cpu([weight, ids], [out], [weightSpec]) {
     const [vocabSize, dim] = weightSpec.shape;
     checkIds(ids, vocabSize);
+    for (let n = 0; n < ids.length; n++) out.set(tableRow(weight, ids[n], dim), n * dim);
+  },
+  wgsl([weight, ids], _params, caps) {
+    const [vocabSize, dim] = weight.shape;
+    return embeddingProgram(vocabSize, dim, sizeOf(ids.shape), weight.dtype === 'f16' ? 'f16' : 'f32', caps);
+  },
+});
+
+interface EmbeddingChunkParams {
+  /** First table row that the weight input holds. */
+  rowStart: number;
+}
+
+/**
+ * In place. Inputs: weight rows [rowStart, rowStart + R) as [R, D] (f32 or f16), ids i32 [...],
+ * out f32 [..., D]. Writes out[n] for the ids in that row range and leaves the other rows.
+ */
+export const embeddingChunkKernel = defineKernel<EmbeddingChunkParams, TypedArray>({
+  name: 'embedding_chunk',
+  outputs([weight, ids, out], { rowStart }) {
+    checkTable('embedding_chunk', weight, ids);
+    const expected = [...ids.shape, weight.shape[1]];
+    if (out.dtype !== 'f32' || shapeString(out.shape) !== shapeString(expected)) {
+      throw new Error(`embedding_chunk: out must be f32 ${shapeString(expected)}, got ${shapeString(out.shape)} ${out.dtype}`);
+    }
+    if (!Number.isInteger(rowStart) || rowStart < 0) throw new Error(`embedding_chunk: rowStart must be an integer ≥ 0, got ${rowStart}`);
+    return [];
+  },
+  cpu([weight, ids, out], _outputs, [weightSpec], { rowStart }) {
+    const [rows, dim] = weightSpec.shape;
     for (let n = 0; n < ids.length; n++) {
-      const row = ids[n] * dim;
-      out.set(weight.subarray(row, row + dim), n * dim);
+      const row = ids[n] - rowStart;
+      if (row >= 0 && row < rows) out.set(tableRow(weight, row, dim), n * dim);
     }
   },
-  wgsl([weight, ids]) {
-    const [vocabSize, dim] = weight.shape;
-    return embeddingProgram(vocabSize, dim, sizeOf(ids.shape));
+  wgsl([weight, ids], { rowStart }, caps) {
+    const [rows, dim] = weight.shape;
+    return embeddingChunkProgram(rows, rowStart, dim, sizeOf(ids.shape), weight.dtype === 'f16' ? 'f16' : 'f32', caps);
   },
+  flops: ([weight, ids]) => sizeOf(ids.shape) * weight.shape[1],
 });
 
 interface EmbeddingBackwardParams {
@@ -113,9 +160,11 @@ export const embeddingBackwardKernel = defineKernel<EmbeddingBackwardParams>({
 
 // ---------- autograd op ----------
 
-/** Looks up rows of `weight` [V, D] for `ids` [...] → [..., D]; see the file header. */
+/** Looks up rows of `weight` [V, D] (f32, or frozen f16) for `ids` [...] → f32 [..., D]; see the file header. */
 export function embedding(weight: Tensor, ids: Tensor): Tensor {
-  assertDtype('embedding', weight, 'f32');
+  if (weight.dtype !== 'f32' && weight.dtype !== 'f16') {
+    throw new Error(`embedding: expected an f32 or f16 table, got ${weight.describe()}`);
+  }
   assertDtype('embedding', ids, 'i32');
   const hostIds: TypedArray | null = ids.hostData;
   if (!hostIds) {
@@ -127,8 +176,18 @@ export function embedding(weight: Tensor, ids: Tensor): Tensor {
   if (weight.rank !== 2) {
     throw new Error(`embedding: weight must be [V, D], got ${weight.describe()}`);
   }
-  const [vocabSize] = weight.shape;
+  const [vocabSize, dim] = weight.shape;
   checkIds(hostIds, vocabSize);
+
+  const chunks = rowChunks(vocabSize, dim * bytesPerElement(weight.dtype), weight.device.limits);
+  const trainable = weight.requiresGrad && isGradEnabled();
+  if (trainable && (weight.dtype === 'f16' || chunks.length > 1)) {
+    throw new Error(
+      `embedding: ${weight.describe()} requires a gradient, but an f16 table or one larger than a binding (${weight.device.limits.maxBindingBytes} bytes) is frozen; ` +
+        'set requiresGrad = false on it or keep a trainable table f32 and within one binding',
+    );
+  }
+  if (chunks.length > 1) return gatherInChunks(weight, ids, hostIds, chunks);
 
   const out = runKernel(embeddingKernel, [weight, ids], {})[0];
   return record(out, [weight], (g) => {
@@ -141,4 +200,18 @@ export function embedding(weight: Tensor, ids: Tensor): Tensor {
     positionsTensor.dispose();
     accumulateGradInto(weight, gradWeight);
   });
+}
+
+/** Gathers from a frozen table in row ranges; only ranges that some id falls in are dispatched. */
+function gatherInChunks(weight: Tensor, ids: Tensor, hostIds: TypedArray, chunks: Array<{ start: number; count: number }>): Tensor {
+  const dim = weight.shape[1];
+  const out = zeros([...ids.shape, dim], 'f32', weight.device);
+  for (const chunk of chunks) {
+    const end = chunk.start + chunk.count;
+    if (!hostIds.some((id) => id >= chunk.start && id < end)) continue;
+    const rows = rowRange(weight, chunk.start, chunk.count);
+    runKernel(embeddingChunkKernel, [rows, ids, out], { rowStart: chunk.start });
+    rows.dispose();
+  }
+  return out;
 }

@@ -10,9 +10,9 @@
 //
 // i32 tensors made from host data (token ids) keep a host copy through these ops, so
 // `ids[:, :-1]` sliced here can still feed `embedding`, which reads ids on the host.
-import { gatherProgram, scatterProgram, type StridedCopy } from '../../kernels/shape.ts';
+import { gatherProgram, scatterProgram, type ElementType, type StridedCopy } from '../../kernels/shape.ts';
 import { MAX_RANK } from '../../kernels/elementwise.ts';
-import { allocArray, shapeString, sizeOf, stridesOf, type TypedArray } from '../dtype.ts';
+import { allocArray, shapeString, sizeOf, stridesOf, type DType, type TypedArray } from '../dtype.ts';
 import { defineKernel, type Kernel, type TensorSpec } from '../kernel.ts';
 import { zeros, type Tensor } from '../tensor.ts';
 import { accumulateGradInto, reshape } from './elementwise.ts';
@@ -50,6 +50,12 @@ function scatterReference(target: TypedArray, source: TypedArray, copy: StridedC
 }
 
 // ---------- shapes ----------
+
+/** Returns the WGSL element type of `dtype`; throws for f16, because the copy kernels move 4-byte elements only. */
+function copyElementType(op: string, dtype: DType): ElementType {
+  if (dtype === 'f16') throw new Error(`${op}: the WebGPU copy kernels move 4-byte elements and have no f16 variant; cast the tensor to f32 first (cast(x, 'f32'))`);
+  return dtype;
+}
 
 function checkRank(op: string, shape: readonly number[]): void {
   if (shape.length > MAX_RANK) {
@@ -102,7 +108,7 @@ function insertCopy(target: TensorSpec, source: TensorSpec, { axis, start }: Ins
 
 // ---------- kernels ----------
 
-export const permuteKernel = defineKernel<PermuteParams>({
+export const permuteKernel = defineKernel<PermuteParams, TypedArray>({
   name: 'permute',
   outputs([x], { axes }) {
     checkRank('permute', x.shape);
@@ -116,10 +122,10 @@ export const permuteKernel = defineKernel<PermuteParams>({
   cpu([x], [out], [spec], params) {
     gatherReference(x, out, permuteCopy(spec, params));
   },
-  wgsl: ([x], params) => gatherProgram(permuteCopy(x, params), x.dtype),
+  wgsl: ([x], params) => gatherProgram(permuteCopy(x, params), copyElementType('permute', x.dtype)),
 });
 
-export const sliceKernel = defineKernel<SliceParams>({
+export const sliceKernel = defineKernel<SliceParams, TypedArray>({
   name: 'slice',
   outputs([x], { axis, start, end }) {
     checkRank('slice', x.shape);
@@ -140,14 +146,14 @@ export const sliceKernel = defineKernel<SliceParams>({
   cpu([x], [out], [spec], params) {
     gatherReference(x, out, sliceCopy(spec, params));
   },
-  wgsl: ([x], params) => gatherProgram(sliceCopy(x, params), x.dtype),
+  wgsl: ([x], params) => gatherProgram(sliceCopy(x, params), copyElementType('slice', x.dtype)),
 });
 
 /**
  * In place: copies `source` into `target` at [start, start + source length) on `axis`; the
  * other axes must match. Pad and concat write their output with it.
  */
-export const insertKernel = defineKernel<InsertParams>({
+export const insertKernel = defineKernel<InsertParams, TypedArray>({
   name: 'insert',
   outputs([target, source], { axis, start }) {
     checkRank('insert', target.shape);
@@ -167,7 +173,7 @@ export const insertKernel = defineKernel<InsertParams>({
   cpu([target, source], _outputs, [targetSpec, sourceSpec], params) {
     scatterReference(target, source, insertCopy(targetSpec, sourceSpec, params));
   },
-  wgsl: ([target, source], params) => scatterProgram(insertCopy(target, source, params), target.dtype),
+  wgsl: ([target, source], params) => scatterProgram(insertCopy(target, source, params), copyElementType('insert', target.dtype)),
   // An in-place kernel has no output for the device to size its time estimate by.
   flops: ([, source]) => sizeOf(source.shape),
 });
@@ -175,7 +181,7 @@ export const insertKernel = defineKernel<InsertParams>({
 // ---------- host copies ----------
 
 /** Runs a kernel's CPU reference on host copies, for outputs of i32 tensors that carry one. */
-function hostOutput<P>(kernel: Kernel<P>, inputs: Tensor[], params: P, outSpec: TensorSpec): TypedArray | null {
+function hostOutput<P>(kernel: Kernel<P, TypedArray>, inputs: Tensor[], params: P, outSpec: TensorSpec): TypedArray | null {
   const hostInputs = inputs.map((input) => input.hostData);
   if (hostInputs.some((data) => data === null)) return null;
   const out = allocArray(outSpec.dtype, sizeOf(outSpec.shape));

@@ -9,8 +9,9 @@ import type { Device } from '../../engine/device.ts';
 import type { Module } from '../../engine/nn/module.ts';
 import { Random } from '../../engine/random.ts';
 import type { Tensor } from '../../engine/tensor.ts';
-import { sizeClassOf, type WebGpuDevice } from '../../engine/webgpu-device.ts';
-import { openSafetensors, readTensor, type SafetensorsIndex, type TensorEntry } from '../../weights/safetensors.ts';
+import { allocationSize, type WebGpuDevice } from '../../engine/webgpu-device.ts';
+import { floatArrayToHalf, shapeString, type DType } from '../../engine/dtype.ts';
+import { openSafetensors, readTensor, readTensorBytes, type SafetensorsIndex, type TensorEntry } from '../../weights/safetensors.ts';
 import { ShardedCheckpoint } from '../../weights/sharded.ts';
 import { bytesSource, CheckpointError, type ByteSource } from '../../weights/source.ts';
 
@@ -51,7 +52,22 @@ export interface HfWeights {
   names(): string[];
   entry(name: string): Promise<TensorEntry>;
   read(name: string): Promise<Float32Array | Int32Array>;
+  /** The tensor's stored bytes (little-endian, in its checkpoint dtype). */
+  readBytes(name: string): Promise<Uint8Array>;
   close(): Promise<void>;
+}
+
+/**
+ * Reads a float tensor as f16 bit patterns: F16 tensors as stored, other float dtypes rounded
+ * to f16 (nearest, ties to even). NOTE: BF16 and F32 values beyond ±65504 become ±Infinity and
+ * values below 2^-24 become 0; frozen LLaMA and BERT weights lie well inside that range.
+ */
+export async function readHalf(weights: HfWeights, name: string): Promise<Uint16Array> {
+  const entry = await weights.entry(name);
+  if (entry.dtype !== 'F16') return floatArrayToHalf(await weights.read(name));
+  // A copy aligns the bits for Uint16Array; safetensors and every supported host are little-endian.
+  const bytes = (await weights.readBytes(name)).slice();
+  return new Uint16Array(bytes.buffer, 0, bytes.byteLength / 2);
 }
 
 function singleFileWeights(index: SafetensorsIndex): HfWeights {
@@ -64,6 +80,7 @@ function singleFileWeights(index: SafetensorsIndex): HfWeights {
       return entry;
     },
     read: (name) => readTensor(index, name),
+    readBytes: (name) => readTensorBytes(index, name),
     close: async () => index.source.close?.(),
   };
 }
@@ -74,6 +91,7 @@ function shardedWeights(checkpoint: ShardedCheckpoint, indexSource: ByteSource):
     names: () => [...checkpoint.weightMap.keys()],
     entry: (name) => checkpoint.entry(name),
     read: (name) => checkpoint.readTensor(name),
+    readBytes: (name) => checkpoint.readTensorBytes(name),
     async close() {
       await checkpoint.close();
       await indexSource.close?.();
@@ -120,7 +138,18 @@ export interface LoadWeightsOptions {
   ignored?: (hfName: string) => boolean;
   /** Our parameters that the checkpoint does not provide (e.g. LoRA factors). */
   notInCheckpoint?: (oursName: string) => boolean;
+  /** Storage of the parameters that `storesF16` selects (default f32). */
+  weightDtype?: WeightDtype;
+  /**
+   * Frozen parameters that may be stored as f16 when `weightDtype` is 'f16': the weights of
+   * layers that read f16 (embedding tables, linear weights). They are loaded with
+   * requiresGrad = false.
+   */
+  storesF16?: (oursName: string) => boolean;
 }
+
+/** Storage dtype of frozen checkpoint weights. */
+export type WeightDtype = Extract<DType, 'f16' | 'f32'>;
 
 /** Formats a byte count in KiB, MiB or GiB. */
 export function formatBytes(bytes: number): string {
@@ -177,30 +206,65 @@ export async function loadWeightMap(module: Module, entries: WeightMapEntry[], w
     throw new CheckpointError(weights.name, `checkpoint does not match the ${options.model} config (${parts.join('; ')}); check that config.json belongs to these weights`);
   }
 
+  let restored = false;
   for (const { hf, ours, shape } of entries) {
     const parameter = parameters.get(ours)!;
     if (sizeOf(parameter.shape) !== sizeOf(shape)) {
       throw new Error(`${options.model} name map: "${hf}" [${shape.join(', ')}] does not fit "${ours}" [${parameter.shape.join(', ')}]`);
     }
-    parameter.assign(await weights.read(hf));
+    if (options.weightDtype === 'f16' && options.storesF16?.(ours)) {
+      // The f32 storage the model was built with is released once the f16 copy is uploaded.
+      parameter.requiresGrad = false;
+      const storage = parameter.device.upload(await readHalf(weights, hf), `${ours} ${shapeString(parameter.shape)} f16`);
+      parameter.replaceStorage(storage, 'f16');
+      restored = true;
+    } else {
+      parameter.assign(await weights.read(hf));
+    }
   }
+  // Hand the released f32 buffers back to the driver instead of keeping them pooled.
+  if (restored && module.parameters()[0]?.device.kind === 'webgpu') (module.parameters()[0].device as WebGpuDevice).trimPool();
 }
 
 /**
- * Throws before a model is built when one of its weights, stored as f32, would not fit one
- * storage binding of a WebGPU device (the engine does not split tensors across bindings yet).
- * The error names every such tensor; `s2d plan` gives the whole picture.
+ * Whether a checkpoint tensor is a token embedding table, which the embedding op gathers in
+ * row ranges when it is larger than one binding.
  */
-export function assertWeightsFitDevice(entries: WeightMapEntry[], device: Device, model: string): void {
+export function isEmbeddingTable(name: string): boolean {
+  return /(^|\.)(embed_tokens|word_embeddings)\.weight$/.test(name);
+}
+
+/**
+ * Throws before a model is built when one of its weights would not fit the WebGPU device. An
+ * embedding table must fit one buffer (maxBufferSize), because the embedding op gathers it in
+ * row ranges. Every other weight must fit one binding (maxStorageBufferBindingSize). Weights that
+ * `storesF16` selects count 2 bytes per element when `weightDtype` is 'f16'. The error names
+ * every such tensor; `s2d plan` gives the whole picture.
+ */
+// TODO: hold linear weights to maxBufferSize too once the linear layers multiply through
+// frozenLinear, which splits them. Until then they must fit one binding.
+export function assertWeightsFitDevice(entries: WeightMapEntry[], device: Device, model: string, options: Pick<LoadWeightsOptions, 'weightDtype' | 'storesF16'> = {}): void {
   if (device.kind !== 'webgpu') return;
   const { limits } = (device as WebGpuDevice).device;
-  const limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
-  const tooLarge = entries.filter(({ shape }) => sizeClassOf(sizeOf(shape) * 4) > limit);
-  if (tooLarge.length === 0) return;
-  const described = tooLarge.map(({ hf, shape }) => `${hf} [${shape.join(', ')}] (${formatBytes(sizeOf(shape) * 4)})`);
+  const binding = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  const bytesOf = ({ ours, shape }: WeightMapEntry) => sizeOf(shape) * (options.weightDtype === 'f16' && options.storesF16?.(ours) ? 2 : 4);
+  const describe = (entry: WeightMapEntry) => `${entry.hf} [${entry.shape.join(', ')}] (${formatBytes(bytesOf(entry))})`;
+  const allocated = (entry: WeightMapEntry) => allocationSize(bytesOf(entry), { maxBindingBytes: limits.maxStorageBufferBindingSize });
+
+  const tooLargeTables = entries.filter((entry) => isEmbeddingTable(entry.hf) && allocated(entry) > limits.maxBufferSize);
+  const tooLarge = entries.filter((entry) => !isEmbeddingTable(entry.hf) && allocated(entry) > binding);
+  const dtypeNote = options.weightDtype === 'f16' ? 'with frozen weights in f16' : 'in f32';
+  const problems: string[] = [];
+  if (tooLargeTables.length > 0) {
+    problems.push(`${tooLargeTables.length} embedding tables exceed this adapter's maxBufferSize of ${formatBytes(limits.maxBufferSize)} ${dtypeNote}: ${listNames(tooLargeTables.map(describe), 4)}`);
+  }
+  if (tooLarge.length > 0) {
+    problems.push(`${tooLarge.length} weights exceed this adapter's binding limit of ${formatBytes(binding)} ${dtypeNote}: ${listNames(tooLarge.map(describe), 4)}`);
+  }
+  if (problems.length === 0) return;
   throw new Error(
-    `${model}: ${tooLarge.length} weights exceed this adapter's binding limit of ${formatBytes(limit)} in f32: ${listNames(described, 4)}; ` +
-      'the engine does not split a tensor across bindings yet, so use an adapter with a larger maxStorageBufferBindingSize (see "s2d plan")',
+    `${model}: ${problems.join('; ')}; ` +
+      'only embedding tables are split across bindings, so use an adapter with a larger maxStorageBufferBindingSize or maxBufferSize, or f16 weights (see "s2d plan")',
   );
 }
 

@@ -6,7 +6,7 @@ import { getDevice } from '../../engine/devices.ts';
 import type { LoraOptions } from '../../engine/nn/layers.ts';
 import { Random } from '../../engine/random.ts';
 import { LlamaDecoder, type LlamaConfig } from '../models/llama.ts';
-import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightMapEntry } from './checkpoint.ts';
+import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
 
 /** LoRA settings of S2D-Align (Gao, Liu, Li): rank 16, alpha 16, dropout 0.1, on all linear layers of the blocks. */
 export const PAPER_LORA: LoraOptions = { rank: 16, alpha: 16, dropout: 0.1 };
@@ -105,6 +105,17 @@ export interface LlamaLoadOptions {
   lora?: LoraOptions;
   /** Seed of the LoRA A initialisation. */
   seed?: number;
+  /**
+   * Storage of the frozen projection weights, the token embedding and lm_head (default f32);
+   * norms and LoRA factors stay f32. NOTE: with 'f16' the linear layers need an f32 weight per
+   * matmul, which they get only when they multiply through frozenLinear or withF32.
+   */
+  weightDtype?: WeightDtype;
+}
+
+/** Our LLaMA parameters that may be stored as f16: projections, token embedding, lm_head. */
+export function isLlamaHalfWeight(ours: string): boolean {
+  return ours.endsWith('.base.weight') || ours === 'model.embed_tokens.weight' || ours === 'lm_head.weight';
 }
 
 /**
@@ -113,7 +124,8 @@ export interface LlamaLoadOptions {
  */
 export async function loadLlama(folder: CheckpointFolder, options: LlamaLoadOptions = {}): Promise<LoadedLlama> {
   const config = parseLlamaConfig(await readHfConfig(folder), `${folder.name}/config.json`);
-  assertWeightsFitDevice(llamaWeightMap(config), getDevice(), 'LLaMA');
+  const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: isLlamaHalfWeight };
+  assertWeightsFitDevice(llamaWeightMap(config), getDevice(), 'LLaMA', storage);
   const weights = await openHfWeights(folder);
   const model = new LlamaDecoder(config, new ZeroRandom(), options.lora ?? PAPER_LORA);
   try {
@@ -121,6 +133,7 @@ export async function loadLlama(folder: CheckpointFolder, options: LlamaLoadOpti
       model: 'LLaMA',
       ignored: (name) => isIgnoredLlamaTensor(name, config),
       notInCheckpoint: (name) => name.endsWith('.lora_A') || name.endsWith('.lora_B'),
+      ...storage,
     });
   } catch (error) {
     model.dispose();

@@ -5,17 +5,17 @@
 // adapter's binding and buffer limits, and the total against an optional memory budget. The
 // plan names each tensor or total that does not fit, before any weight is read.
 //
-// Sizes of allocations are rounded up to the WebGPU device's buffer size classes (at most 25 %
-// more, see sizeClassOf), because that is the buffer that gets bound.
+// Sizes of allocations are rounded as the WebGPU device rounds them (allocationSize): to a
+// buffer size class (at most 25 % more) when that fits one binding, else to 256 bytes.
 import type { LoraOptions } from '../../engine/nn/layers.ts';
-import { sizeClassOf } from '../../engine/webgpu-device.ts';
+import { allocationSize, sizeClassOf } from '../../engine/webgpu-device.ts';
 import type { S2DConfig } from '../config.ts';
 import type { BertConfig } from '../models/bert.ts';
 import type { LlamaConfig } from '../models/llama.ts';
 import type { SmaConfig } from '../models/sma.ts';
 import type { VitConfig } from '../models/vit.ts';
 import { bertWeightMap } from './bert.ts';
-import { formatBytes } from './checkpoint.ts';
+import { formatBytes, isEmbeddingTable } from './checkpoint.ts';
 import { dinov2WeightMap } from './dinov2.ts';
 import { llamaWeightMap } from './llama.ts';
 
@@ -58,7 +58,7 @@ export function planModelsFromPreset(config: S2DConfig, vocab: { text: number; d
 export type StorageDtype = 'f16' | 'f32';
 
 export interface PlanOptions {
-  /** Storage of the frozen weights. NOTE: the engine stores every tensor as f32 today; 'f16' plans for f16 storage of frozen weights, which DESIGN.md intends but the engine does not have yet. */
+  /** Storage of the frozen weights (the HF loaders' `weightDtype`). */
   weightDtype: StorageDtype;
   /** The PAG stage to plan for: its context length and trainable set (default 3, the largest). */
   stage?: 1 | 2 | 3;
@@ -120,7 +120,7 @@ export interface MemoryPlan {
 // ---------- parameter shapes ----------
 
 /** Groups entries by name with layer indices replaced by `*`. */
-function groupShapes(part: TensorGroup['part'], entries: Array<{ name: string; shape: number[] }>, dtype: StorageDtype, trainable: boolean): TensorGroup[] {
+function groupShapes(part: TensorGroup['part'], entries: Array<{ name: string; shape: number[] }>, dtype: StorageDtype, trainable: boolean, maxBindingBytes: number): TensorGroup[] {
   const groups = new Map<string, TensorGroup>();
   for (const { name, shape } of entries) {
     const pattern = name.replace(/\.(layer|layers)\.\d+\./, '.$1.*.');
@@ -131,7 +131,7 @@ function groupShapes(part: TensorGroup['part'], entries: Array<{ name: string; s
       continue;
     }
     const bytes = shape.reduce((p, d) => p * d, 1) * (dtype === 'f16' ? 2 : 4);
-    groups.set(key, { part, name: pattern, shape, count: 1, dtype, trainable, bytes, allocated: sizeClassOf(bytes) });
+    groups.set(key, { part, name: pattern, shape, count: 1, dtype, trainable, bytes, allocated: allocationSize(bytes, { maxBindingBytes }) });
   }
   return [...groups.values()];
 }
@@ -237,12 +237,13 @@ export function planMemory(models: PlanModels, limits: AdapterLimits, options: P
 
   // Parameters.
   const toShapes = (entries: Array<{ hf: string; shape: number[] }>) => entries.map(({ hf, shape }) => ({ name: hf, shape }));
+  const binding = limits.maxStorageBufferBindingSize;
   const groups = [
-    ...groupShapes('vision', toShapes(dinov2WeightMap(vision)), weightDtype, false),
-    ...groupShapes('text', toShapes(bertWeightMap(text)), weightDtype, false),
-    ...groupShapes('decoder', toShapes(llamaWeightMap(decoder)), weightDtype, false),
-    ...groupShapes('adapters', adapterShapes(models, stage), 'f32', true),
-    ...(stage >= 2 ? groupShapes('lora', loraShapes(decoder, lora.rank), 'f32', true) : []),
+    ...groupShapes('vision', toShapes(dinov2WeightMap(vision)), weightDtype, false, binding),
+    ...groupShapes('text', toShapes(bertWeightMap(text)), weightDtype, false, binding),
+    ...groupShapes('decoder', toShapes(llamaWeightMap(decoder)), weightDtype, false, binding),
+    ...groupShapes('adapters', adapterShapes(models, stage), 'f32', true, binding),
+    ...(stage >= 2 ? groupShapes('lora', loraShapes(decoder, lora.rank), 'f32', true, binding) : []),
   ];
   let frozenWeights = 0;
   let frozenParameters = 0;
@@ -257,13 +258,14 @@ export function planMemory(models: PlanModels, limits: AdapterLimits, options: P
       frozenParameters += count;
       frozenWeights += group.allocated * group.count;
     }
-    const limit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+    const splits = splitsAcrossBindings(group);
+    const limit = tensorLimit(group, limits);
     if (group.allocated > limit) {
-      const limitName = limits.maxStorageBufferBindingSize <= limits.maxBufferSize ? 'maxStorageBufferBindingSize' : 'maxBufferSize';
+      const limitName = splits || limits.maxStorageBufferBindingSize > limits.maxBufferSize ? 'maxBufferSize' : 'maxStorageBufferBindingSize';
       problems.push(
         `${group.part} tensor ${group.name} [${group.shape.join(', ')}] needs ${formatBytes(group.bytes)} in ${group.dtype} ` +
-          `(a ${formatBytes(group.allocated)} buffer after size-class rounding), more than the adapter's ${limitName} of ${formatBytes(limit)}; ` +
-          'the engine does not split a tensor across bindings yet, so use an adapter that grants a larger limit' +
+          `(a ${formatBytes(group.allocated)} buffer after rounding), more than the adapter's ${limitName} of ${formatBytes(limit)}; ` +
+          (splits ? 'use an adapter that grants a larger buffer' : 'the engine splits only embedding tables across bindings, so use an adapter that grants a larger limit') +
           (group.dtype === 'f32' && !group.trainable ? ' or f16 weights' : ''),
       );
     }
@@ -361,6 +363,18 @@ export function planMemory(models: PlanModels, limits: AdapterLimits, options: P
   };
 }
 
+/** Returns whether the group's tensors are gathered in row ranges (frozen embedding tables), so they need one buffer, not one binding. */
+// TODO: count linear weights (lm_head [V, D]) here too once the linear layers multiply through
+// frozenLinear, which splits them. Until then they must fit one binding.
+function splitsAcrossBindings(group: TensorGroup): boolean {
+  return !group.trainable && isEmbeddingTable(group.name);
+}
+
+/** Returns the largest allocation the tensors of `group` may have. */
+function tensorLimit(group: TensorGroup, limits: AdapterLimits): number {
+  return splitsAcrossBindings(group) ? limits.maxBufferSize : Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+}
+
 /** Throws one error listing every tensor or total that does not fit. */
 export function assertPlanFits(plan: MemoryPlan): void {
   if (plan.problems.length > 0) {
@@ -377,12 +391,11 @@ export function formatMemoryPlan(plan: MemoryPlan, largest = 8): string {
     `adapter limits: maxStorageBufferBindingSize ${formatBytes(limits.maxStorageBufferBindingSize)}, maxBufferSize ${formatBytes(limits.maxBufferSize)}` +
       (limits.memoryBudget !== undefined ? `, memory budget ${formatBytes(limits.memoryBudget)}` : ', no memory budget given'),
   );
-  if (plan.weightDtype === 'f16') lines.push('NOTE: the engine stores all tensors as f32 today; plan with --weights f32 for what runs now.');
   lines.push('');
   lines.push('largest tensors (one tensor; × count):');
   const sorted = [...plan.groups].sort((a, b) => b.allocated - a.allocated).slice(0, largest);
   for (const group of sorted) {
-    const fits = group.allocated <= Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) ? 'fits' : 'TOO LARGE';
+    const fits = group.allocated > tensorLimit(group, limits) ? 'TOO LARGE' : splitsAcrossBindings(group) && group.allocated > limits.maxStorageBufferBindingSize ? 'fits (split)' : 'fits';
     lines.push(`  ${group.part.padEnd(8)} ${`${group.name} [${group.shape.join(', ')}]`.padEnd(58)} ${group.dtype} ${formatBytes(group.bytes).padStart(10)} × ${String(group.count).padStart(2)}  ${fits}`);
   }
   lines.push('');

@@ -17,8 +17,23 @@
 // Loads clamp rows and columns past the edge of C into range (the lane computes values it
 // never stores), so the inner loop has no bounds checks. K is split into full steps of 4 and
 // a remainder loop.
+//
+// Fused extras (MatmulFusion), each off by default and each part of the program key:
+// - second segment: after the K loop, the same accumulators run a second loop over K2 that
+//   adds scale · A2 · op(B2). A2 is [batch, M, K2], and B2 is [batch, K2, N], or [batch, N, K2]
+//   when its transB is set. A fused LoRA linear uses it for x·Wᵀ + s·u·Bᵀ in one dispatch.
+// - epilogue in the store step: a bias vector over N, then an activation ('gelu' in the erf
+//   form of kernels/elementwise.ts, or 'silu'). With preActivation the value before the
+//   activation goes to a second output, which the backward needs.
+// - split-K: workgroup z also runs over S slices of the K range, and each slice writes its
+//   partial product to C viewed as [S, batch, M, N]. sumSlicesProgram then adds the slices
+//   in a fixed order, so results are bitwise equal from run to run (no float atomics).
+//   Split-K cannot be combined with the other extras.
 import type { WgslProgram, DeviceCaps } from './types.ts';
-import { MAX_WORKGROUPS_PER_DIMENSION, storageBinding, uniformBinding } from './common.ts';
+import { entry1d, flatIndex, grid1d, MAX_WORKGROUPS_PER_DIMENSION, storageBinding, uniformBinding } from './common.ts';
+import { WGSL_ERF } from './elementwise.ts';
+import { FIRST, loadersA, loadersB, maskedLoaders, rowsPerLoad, SECOND, type LayoutA, type LayoutB, type Segment } from './matmul-loaders.ts';
+
 
 export interface MatmulShape {
   batch: number;
@@ -30,6 +45,35 @@ export interface MatmulShape {
   /** Elements between consecutive matrices of A (0 to broadcast A). */
   strideA: number;
   strideB: number;
+}
+
+export type MatmulActivation = 'none' | 'gelu' | 'silu';
+
+/** A second product added into the same accumulators: C += scale · A2 · op(B2). */
+export interface MatmulSecondSegment {
+  /** K2, the inner dimension of the second product. */
+  K: number;
+  /** B2 is [batch, N, K2] when true, else [batch, K2, N]. A2 is always [batch, M, K2]. */
+  transB: boolean;
+  /** Elements between consecutive matrices of A2 and B2 (0 to broadcast). */
+  strideA: number;
+  strideB: number;
+  scale: number;
+}
+
+/**
+ * Extras fused into one matmul dispatch. Extra inputs bind after A and B in the order A2, B2,
+ * bias; the pre-activation output binds after C.
+ */
+export interface MatmulFusion {
+  second?: MatmulSecondSegment;
+  /** Adds a bias vector [N] in the store step. */
+  bias?: boolean;
+  activation?: MatmulActivation;
+  /** Also writes the value before the activation (needs an activation other than 'none'). */
+  preActivation?: boolean;
+  /** S, the number of K slices; 1 or absent for no split. C then has S·batch·M·N elements. */
+  splitK?: number;
 }
 
 /** Rows of C per workgroup in the subgroup variant. On lavapipe at 1024³, 16 and 64 ran slower. */
@@ -53,16 +97,23 @@ export interface MatmulPlan {
    * Access pattern for A: row-major rows as vec4 along k (K % 4 == 0), row-major scalars,
    * transposed as vec4 along m (M % 4 == 0), or transposed scalars.
    */
-  layoutA: 'rows4' | 'rows1' | 'trans4' | 'trans1';
+  layoutA: LayoutA;
   /**
    * Access pattern for B: row-major as vec4 along n (N % 4 == 0), row-major scalars,
    * transposed as vec4 along k (K % 4 == 0), or transposed scalars.
    */
-  layoutB: 'rows4' | 'rows1' | 'trans4' | 'trans1';
+  layoutB: LayoutB;
   /** Whether C is written as vec4 (N % 4 == 0). */
   vec4C: boolean;
   /** Whether K % 4 != 0, so that loads past K must read 0 (see maskedLoaders). */
   remainderK: boolean;
+  /** Access patterns of the second segment (A2 is never transposed), or null without one. */
+  second: { layoutA: 'rows4' | 'rows1'; layoutB: LayoutB; remainderK: boolean } | null;
+  bias: boolean;
+  activation: MatmulActivation;
+  preActivation: boolean;
+  /** Whether workgroups run over K slices (the slice count is a uniform parameter). */
+  splitK: boolean;
 }
 
 function nextPowerOfTwo(value: number): number {
@@ -73,9 +124,9 @@ function previousPowerOfTwo(value: number): number {
   return 2 ** Math.floor(Math.log2(Math.max(1, value)));
 }
 
-/** Rows of A that one lane loads as one value per k: 4 with the 'trans4' layout, else 1. */
-function rowsPerLoad(layoutA: MatmulPlan['layoutA']): number {
-  return layoutA === 'trans4' ? 4 : 1;
+function layoutOfB(transB: boolean, N: number, K: number, strideB: number): LayoutB {
+  if (transB) return K % 4 === 0 && strideB % 4 === 0 ? 'trans4' : 'trans1';
+  return N % 4 === 0 && strideB % 4 === 0 ? 'rows4' : 'rows1';
 }
 
 /**
@@ -87,8 +138,9 @@ function rowsPerLoad(layoutA: MatmulPlan['layoutA']): number {
  * subgroupMaxSize so that it can split into full subgroups. WebGPU does not promise that
  * split. The tests check it on lavapipe (subgroup size 8) only.
  */
-export function matmulPlan(shape: MatmulShape, caps: DeviceCaps): MatmulPlan {
+export function matmulPlan(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulFusion = {}): MatmulPlan {
   const { M, N, K, transA, transB, strideA, strideB } = shape;
+  const { second } = fusion;
 
   // The subgroup variant's workgroup is a multiple of the largest subgroup size.
   const subgroupWorkgroupSize = Math.max(WORKGROUP_SIZE, caps.subgroupMaxSize);
@@ -102,12 +154,12 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps): MatmulPlan {
   // rows that do not exist.
   const rows = Math.min(subgroupsUsable ? SUBGROUP_ROWS : BLOCKED_ROWS, nextPowerOfTwo(M));
 
-  let layoutA: MatmulPlan['layoutA'];
-  if (transA) layoutA = M % 4 === 0 && strideA % 4 === 0 && rows >= 4 ? 'trans4' : 'trans1';
+  // Both segments share one row-loading scheme, and A2 loads one row per value, so a second
+  // segment rules out 'trans4' for A.
+  let layoutA: LayoutA;
+  if (transA) layoutA = M % 4 === 0 && strideA % 4 === 0 && rows >= 4 && !second ? 'trans4' : 'trans1';
   else layoutA = K % 4 === 0 && strideA % 4 === 0 ? 'rows4' : 'rows1';
-  let layoutB: MatmulPlan['layoutB'];
-  if (transB) layoutB = K % 4 === 0 && strideB % 4 === 0 ? 'trans4' : 'trans1';
-  else layoutB = N % 4 === 0 && strideB % 4 === 0 ? 'rows4' : 'rows1';
+  const layoutB = layoutOfB(transB, N, K, strideB);
 
   // A power of two, so that L divides R.
   const loadLanes = subgroupsUsable ? previousPowerOfTwo(Math.min(caps.subgroupMinSize, rows / rowsPerLoad(layoutA))) : 1;
@@ -115,123 +167,137 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps): MatmulPlan {
   const variant = loadLanes > 1 ? 'subgroup' : 'blocked';
   const workgroupSize = variant === 'subgroup' ? subgroupWorkgroupSize : WORKGROUP_SIZE;
 
-  return { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C: N % 4 === 0, remainderK: K % 4 !== 0 };
+  return {
+    variant,
+    rows,
+    loadLanes,
+    workgroupSize,
+    layoutA,
+    layoutB,
+    vec4C: N % 4 === 0,
+    remainderK: K % 4 !== 0,
+    second: second
+      ? {
+          layoutA: second.K % 4 === 0 && second.strideA % 4 === 0 ? 'rows4' : 'rows1',
+          layoutB: layoutOfB(second.transB, N, second.K, second.strideB),
+          remainderK: second.K % 4 !== 0,
+        }
+      : null,
+    bias: fusion.bias ?? false,
+    activation: fusion.activation ?? 'none',
+    preActivation: fusion.preActivation ?? false,
+    splitK: (fusion.splitK ?? 1) > 1,
+  };
 }
 
 /** Generates the subgroup variant when `caps` has subgroups, else the blocked variant. */
-export function matmulProgram(shape: MatmulShape, caps: DeviceCaps): WgslProgram {
-  return matmulProgramForPlan(shape, matmulPlan(shape, caps));
+export function matmulProgram(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulFusion = {}): WgslProgram {
+  return matmulProgramForPlan(shape, matmulPlan(shape, caps, fusion), fusion);
+}
+
+/** Workgroups of the normal (unsplit) grid for `shape` on an adapter with `caps`. */
+export function matmulWorkgroupCount(shape: MatmulShape, caps: DeviceCaps): number {
+  const { rows, workgroupSize } = matmulPlan(shape, caps);
+  return Math.ceil(Math.ceil(shape.N / LANE_COLUMNS) / workgroupSize) * Math.ceil(shape.M / rows) * shape.batch;
 }
 
 /**
- * WGSL functions that read A: the offset of a row, its values at k..k+3 (loadA4) and, for
- * the layouts that allow K % 4 != 0, at k alone (loadA1). With 'trans4' a load covers 4 rows:
- * loadA4 returns a matrix whose column i is rows row..row+3 at k+i, and loadA1 returns those
- * 4 rows at k.
+ * Workgroups that split-K aims for. NOTE: an estimate, not measured per adapter, because
+ * WebGPU does not report how many workgroups run at once. It is meant to cover a small GPU or
+ * a many-core CPU adapter (lavapipe runs one workgroup per CPU thread).
  */
-function loadersA(layout: MatmulPlan['layoutA']): string {
-  switch (layout) {
-    case 'rows4':
-      return `fn rowOffsetA(base: u32, row: u32) -> u32 { return (base + row * params.K) / 4u; }
-fn loadA4(offset: u32, k: u32) -> vec4<f32> { return a[offset + k / 4u]; }
-`;
-    case 'rows1':
-      return `fn rowOffsetA(base: u32, row: u32) -> u32 { return base + row * params.K; }
-fn loadA4(offset: u32, k: u32) -> vec4<f32> {
-  return vec4<f32>(a[offset + k], a[offset + k + 1u], a[offset + k + 2u], a[offset + k + 3u]);
-}
-fn loadA1(offset: u32, k: u32) -> f32 { return a[offset + k]; }
-`;
-    case 'trans4':
-      return `fn rowOffsetA(base: u32, row: u32) -> u32 { return (base + row) / 4u; }
-fn loadA1(offset: u32, k: u32) -> vec4<f32> { return a[offset + k * (params.M / 4u)]; }
-fn loadA4(offset: u32, k: u32) -> mat4x4<f32> {
-  return mat4x4<f32>(loadA1(offset, k), loadA1(offset, k + 1u), loadA1(offset, k + 2u), loadA1(offset, k + 3u));
-}
-`;
-    case 'trans1':
-      return `fn rowOffsetA(base: u32, row: u32) -> u32 { return base + row; }
-fn loadA4(offset: u32, k: u32) -> vec4<f32> {
-  let M = params.M;
-  return vec4<f32>(a[offset + k * M], a[offset + (k + 1u) * M], a[offset + (k + 2u) * M], a[offset + (k + 3u) * M]);
-}
-fn loadA1(offset: u32, k: u32) -> f32 { return a[offset + k * params.M]; }
-`;
-  }
+const SPLIT_TARGET_WORKGROUPS = 64;
+/** Smallest K worth splitting, and the fewest k values per slice. */
+const SPLIT_MIN_SLICE_K = 256;
+const SPLIT_MAX_SLICES = 32;
+/** Largest partial buffer, in elements (16 MiB of f32). */
+const SPLIT_MAX_PARTIAL_ELEMENTS = 4 * 2 ** 20;
+
+/**
+ * Number of K slices for `shape`: 1 (no split) unless the normal grid has fewer than
+ * SPLIT_TARGET_WORKGROUPS workgroups and K ≥ 2·SPLIT_MIN_SLICE_K. Then enough slices to
+ * reach the target, with at least SPLIT_MIN_SLICE_K k values each, at most SPLIT_MAX_SLICES,
+ * and a partial buffer of at most SPLIT_MAX_PARTIAL_ELEMENTS. This is the weight-gradient
+ * shape dW = dYᵀ·X, where K is the token count and M·N is small.
+ */
+export function splitKSlices(shape: MatmulShape, caps: DeviceCaps): number {
+  const { batch, M, N, K } = shape;
+  const workgroups = matmulWorkgroupCount(shape, caps);
+  if (workgroups >= SPLIT_TARGET_WORKGROUPS || K < 2 * SPLIT_MIN_SLICE_K) return 1;
+  const slices = Math.min(
+    Math.ceil(SPLIT_TARGET_WORKGROUPS / workgroups),
+    Math.floor(K / SPLIT_MIN_SLICE_K),
+    SPLIT_MAX_SLICES,
+    Math.floor(SPLIT_MAX_PARTIAL_ELEMENTS / (batch * M * N)),
+  );
+  return splitKLayout(K, Math.max(1, slices)).slices;
 }
 
 /**
- * WGSL functions that read B at a lane's 4 columns: their offsets, the 4×4 tile of rows
- * k..k+3 (loadB4, whose column i is row k+i of B) and, for the layouts that allow
- * K % 4 != 0, the single row k (loadB1).
+ * Splits K into `requested` slices of whole steps of 4: every slice but the last has
+ * `sliceSteps` steps. Returns fewer slices when the steps do not fill `requested` slices, so
+ * that no slice is empty.
  */
-function loadersB(layout: MatmulPlan['layoutB']): string {
-  switch (layout) {
-    case 'rows4':
-      // N % 4 == 0, so a clamped first column keeps all 4 inside the row.
-      return `fn columnOffsetsB(base: u32, col: u32) -> vec4<u32> { return vec4<u32>((base + min(col, params.N - 4u)) / 4u); }
-fn loadB1(offsets: vec4<u32>, k: u32) -> vec4<f32> { return b[offsets.x + k * (params.N / 4u)]; }
-fn loadB4(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
-  return mat4x4<f32>(loadB1(offsets, k), loadB1(offsets, k + 1u), loadB1(offsets, k + 2u), loadB1(offsets, k + 3u));
-}
-`;
-    case 'rows1':
-      return `fn columnOffsetsB(base: u32, col: u32) -> vec4<u32> {
-  return base + min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.N - 1u));
-}
-fn loadB1(offsets: vec4<u32>, k: u32) -> vec4<f32> {
-  let row = k * params.N;
-  return vec4<f32>(b[offsets.x + row], b[offsets.y + row], b[offsets.z + row], b[offsets.w + row]);
-}
-fn loadB4(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
-  return mat4x4<f32>(loadB1(offsets, k), loadB1(offsets, k + 1u), loadB1(offsets, k + 2u), loadB1(offsets, k + 3u));
-}
-`;
-    case 'trans4':
-      // Each of the 4 columns is a row of the stored [N, K] matrix: one vec4 along k each,
-      // transposed into the tile layout.
-      return `fn columnOffsetsB(base: u32, col: u32) -> vec4<u32> {
-  let cols = min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.N - 1u));
-  return (base + cols * params.K) / 4u;
-}
-fn loadB4(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
-  let step = k / 4u;
-  return transpose(mat4x4<f32>(b[offsets.x + step], b[offsets.y + step], b[offsets.z + step], b[offsets.w + step]));
-}
-`;
-    case 'trans1':
-      return `fn columnOffsetsB(base: u32, col: u32) -> vec4<u32> {
-  let cols = min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.N - 1u));
-  return base + cols * params.K;
-}
-fn loadB1(offsets: vec4<u32>, k: u32) -> vec4<f32> {
-  return vec4<f32>(b[offsets.x + k], b[offsets.y + k], b[offsets.z + k], b[offsets.w + k]);
-}
-fn loadB4(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
-  return mat4x4<f32>(loadB1(offsets, k), loadB1(offsets, k + 1u), loadB1(offsets, k + 2u), loadB1(offsets, k + 3u));
-}
-`;
+export function splitKLayout(K: number, requested: number): { slices: number; sliceSteps: number } {
+  if (!Number.isInteger(requested) || requested < 1) {
+    throw new Error(`matmul: splitK = ${requested} is invalid; use 1 (no split) or a whole number of slices ≥ 2`);
   }
+  const steps = Math.max(1, Math.ceil(K / 4));
+  const sliceSteps = Math.ceil(steps / Math.min(requested, steps));
+  return { slices: Math.ceil(steps / sliceSteps), sliceSteps };
 }
 
-/** WGSL function that writes one row of a lane's 4 columns, skipping those outside C. */
-function storeC(vec4C: boolean): string {
+/** WGSL of the activation on a lane's 4 values, the same formulas as the elementwise gelu and silu kernels. */
+function activationFunction(activation: MatmulActivation): string {
+  if (activation === 'none') return '';
+  const apply = activation === 'gelu' ? (x: string) => `gelu(${x})` : (x: string) => `${x} * sigmoid(${x})`;
+  return `${WGSL_ERF}
+fn activate(v: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(${['v.x', 'v.y', 'v.z', 'v.w'].map(apply).join(', ')});
+}
+`;
+}
+
+/**
+ * WGSL function that writes one row of a lane's 4 columns, skipping those outside C. With an
+ * activation it writes activate(value) to C and, with preActivation, value itself to `pre`.
+ */
+function storeC(plan: MatmulPlan): string {
+  const { vec4C, activation, preActivation } = plan;
+  const activated = activation === 'none' ? 'value' : 'activate(value)';
   if (vec4C) {
+    if (!preActivation) {
+      return `fn storeRow(base: u32, row: u32, col: u32, value: vec4<f32>) {
+  if (row < params.M && col < params.N) { c[(base + row * params.N + col) / 4u] = ${activated}; }
+}
+`;
+    }
     return `fn storeRow(base: u32, row: u32, col: u32, value: vec4<f32>) {
-  if (row < params.M && col < params.N) { c[(base + row * params.N + col) / 4u] = value; }
+  if (row < params.M && col < params.N) {
+    let index = (base + row * params.N + col) / 4u;
+    pre[index] = value;
+    c[index] = ${activated};
+  }
 }
 `;
   }
+  const components = ['x', 'y', 'z', 'w'];
+  const stores = (target: string, source: string) =>
+    components.map((component, i) => `  if (col${i > 0 ? ` + ${i}u` : ''} < params.N) { ${target}[offset${i > 0 ? ` + ${i}u` : ''}] = ${source}.${component}; }\n`).join('');
+  const output = activation === 'none' ? 'value' : 'activated';
   return `fn storeRow(base: u32, row: u32, col: u32, value: vec4<f32>) {
   if (row >= params.M) { return; }
   let offset = base + row * params.N + col;
-  if (col < params.N) { c[offset] = value.x; }
-  if (col + 1u < params.N) { c[offset + 1u] = value.y; }
-  if (col + 2u < params.N) { c[offset + 2u] = value.z; }
-  if (col + 3u < params.N) { c[offset + 3u] = value.w; }
-}
+${activation === 'none' ? '' : `  let activated = ${activated};\n`}${stores('c', output)}${preActivation ? stores('pre', 'value') : ''}}
 `;
 }
+
+/** WGSL function that reads the bias at a lane's 4 columns, clamped into range like B. */
+const LOAD_BIAS = `fn loadBias(col: u32) -> vec4<f32> {
+  let cols = min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.N - 1u));
+  return vec4<f32>(bias[cols.x], bias[cols.y], bias[cols.z], bias[cols.w]);
+}
+`;
 
 /** Lines of WGSL, one per index 0..count-1. */
 function lines(count: number, line: (index: number) => string, indent = '  '): string {
@@ -239,16 +305,40 @@ function lines(count: number, line: (index: number) => string, indent = '  '): s
 }
 
 function planKey(plan: MatmulPlan): string {
-  const { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK } = plan;
+  const { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK, second } = plan;
   const remainder = remainderK ? ':k-masked' : '';
-  return `${variant}:r${rows}:l${loadLanes}:w${workgroupSize}:a-${layoutA}:b-${layoutB}:c${vec4C ? 4 : 1}${remainder}`;
+  let key = `${variant}:r${rows}:l${loadLanes}:w${workgroupSize}:a-${layoutA}:b-${layoutB}:c${vec4C ? 4 : 1}${remainder}`;
+  if (second) key += `:second-a-${second.layoutA}-b-${second.layoutB}${second.remainderK ? '-k-masked' : ''}`;
+  if (plan.bias) key += ':bias';
+  if (plan.activation !== 'none') key += `:${plan.activation}`;
+  if (plan.preActivation) key += ':pre';
+  if (plan.splitK) key += ':split-k';
+  return key;
 }
 
 /** Generated WGSL by plan key. The plan fields take few values, so the cache stays small. */
 const codeCache = new Map<string, string>();
 
-/** Throws when `plan` cannot compute `shape`, such as a vec4 layout for unaligned rows. */
-function checkPlan(shape: MatmulShape, plan: MatmulPlan): void {
+/** Lists why the second segment's layouts do not fit `second`, or nothing when they do. */
+function secondSegmentProblems(shape: MatmulShape, plan: MatmulPlan, second: MatmulSecondSegment | undefined): string[] {
+  if (!plan.second && !second) return [];
+  if (!plan.second || !second) return ['the plan and the fusion options disagree on the second segment'];
+  const { N } = shape;
+  const { K, transB, strideA, strideB } = second;
+  const { layoutA, layoutB, remainderK } = plan.second;
+  const problems: string[] = [];
+  if (rowsPerLoad(plan.layoutA) !== 1) problems.push('a second segment needs A loaded one row per value (not trans4)');
+  if (!Number.isInteger(K) || K < 1) problems.push(`the second segment needs K2 ≥ 1, got ${K}`);
+  if (layoutB.startsWith('trans') !== transB) problems.push(`second layoutB ${layoutB} does not match transB = ${transB}`);
+  if (layoutA === 'rows4' && (K % 4 !== 0 || strideA % 4 !== 0)) problems.push('rows4 A2 needs K2 and strideA2 divisible by 4');
+  if (layoutB === 'rows4' && (N % 4 !== 0 || strideB % 4 !== 0)) problems.push('rows4 B2 needs N and strideB2 divisible by 4');
+  if (layoutB === 'trans4' && (K % 4 !== 0 || strideB % 4 !== 0)) problems.push('trans4 B2 needs K2 and strideB2 divisible by 4');
+  if (!remainderK && K % 4 !== 0) problems.push('K2 is not divisible by 4, so loads past K2 must be masked');
+  return problems;
+}
+
+/** Throws when `plan` cannot compute `shape` with `fusion`, such as a vec4 layout for unaligned rows. */
+function checkPlan(shape: MatmulShape, plan: MatmulPlan, fusion: MatmulFusion): void {
   const { M, N, K, transA, transB, strideA, strideB } = shape;
   const { rows, loadLanes, layoutA, layoutB } = plan;
   const perLoad = rowsPerLoad(layoutA);
@@ -263,23 +353,34 @@ function checkPlan(shape: MatmulShape, plan: MatmulPlan): void {
   if (layoutB === 'trans4' && (K % 4 !== 0 || strideB % 4 !== 0)) problems.push('trans4 B needs K and strideB divisible by 4');
   if (plan.vec4C && N % 4 !== 0) problems.push('vec4 stores of C need N divisible by 4');
   if (!plan.remainderK && K % 4 !== 0) problems.push('K is not divisible by 4, so loads past K must be masked');
+  problems.push(...secondSegmentProblems(shape, plan, fusion.second));
+  if (plan.bias !== (fusion.bias ?? false)) problems.push('the plan and the fusion options disagree on the bias');
+  if (plan.activation !== (fusion.activation ?? 'none')) problems.push('the plan and the fusion options disagree on the activation');
+  if (plan.preActivation && plan.activation === 'none') problems.push("preActivation needs an activation other than 'none'");
+  if (plan.splitK !== (fusion.splitK ?? 1) > 1) problems.push('the plan and the fusion options disagree on split-K');
+  if (plan.splitK && (plan.second || plan.bias || plan.activation !== 'none')) {
+    problems.push('split-K cannot be combined with a second segment, a bias or an activation');
+  }
   if (problems.length > 0) {
     throw new Error(`matmul: invalid plan ${planKey(plan)} for M=${M}, N=${N}, K=${K}: ${problems.join('; ')}`);
   }
 }
 
 /** Generates the program for an explicit plan (tests use this to force a variant). */
-export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan): WgslProgram {
+export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan, fusion: MatmulFusion = {}): WgslProgram {
   const { batch, M, N, K, strideA, strideB } = shape;
-  const { rows, loadLanes, workgroupSize } = plan;
-  checkPlan(shape, plan);
+  const { rows, workgroupSize } = plan;
+  checkPlan(shape, plan, fusion);
+  const split = plan.splitK ? splitKLayout(K, fusion.splitK ?? 1) : { slices: 1, sliceSteps: 0 };
 
-  // Workgroups: x over column blocks, y over row blocks, z over the batch. A batch over the
-  // per-dimension limit folds into y, and the kernel unfolds it with `rowGroups`.
+  // Workgroups: x over column blocks, y over row blocks, z over the batch (times the K slices
+  // with split-K). A z range over the per-dimension limit folds into y, and the kernel
+  // unfolds it with `rowGroups`.
+  const items = batch * split.slices;
   const columnGroups = Math.ceil(Math.ceil(N / LANE_COLUMNS) / workgroupSize);
   const rowGroups = Math.ceil(M / rows);
-  const batchFolds = Math.ceil(batch / MAX_WORKGROUPS_PER_DIMENSION);
-  const workgroups: [number, number, number] = [columnGroups, rowGroups * batchFolds, Math.min(batch, MAX_WORKGROUPS_PER_DIMENSION)];
+  const itemFolds = Math.ceil(items / MAX_WORKGROUPS_PER_DIMENSION);
+  const workgroups: [number, number, number] = [columnGroups, rowGroups * itemFolds, Math.min(items, MAX_WORKGROUPS_PER_DIMENSION)];
   if (workgroups.some((count) => count > MAX_WORKGROUPS_PER_DIMENSION)) {
     throw new Error(
       `matmul: [${batch}, ${M}, ${K}] x [${batch}, ${K}, ${N}] needs ${workgroups.join(' x ')} workgroups, ` +
@@ -296,6 +397,10 @@ export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan): Wgsl
     ['batch', 'u32', batch],
     ['rowGroups', 'u32', Math.max(1, rowGroups)],
   ];
+  if (fusion.second) {
+    params.push(['K2', 'u32', fusion.second.K], ['strideA2', 'u32', fusion.second.strideA], ['strideB2', 'u32', fusion.second.strideB], ['scale2', 'f32', fusion.second.scale]);
+  }
+  if (plan.splitK) params.push(['slices', 'u32', split.slices], ['sliceSteps', 'u32', split.sliceSteps]);
 
   // The code depends only on the plan. Generating it took about 90 µs on a 2-core VM, far
   // more than encoding the dispatch, so it is cached.
@@ -309,46 +414,22 @@ export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan): Wgsl
 }
 
 /**
- * WGSL functions that replace loadA4 and loadB4 when K % 4 != 0: values at k ≥ K read as 0,
- * so the last step of 4 may run past K. Zeroing both sides keeps an Inf in A or B from
- * turning into 0 · Inf = NaN.
+ * WGSL of one product: the lane's offsets into A and B, and the loop over k that, per step
+ * of 4, loads the lane's tile of B and its rows of A, shares the rows over the subgroup and
+ * adds tile · row into every accumulator. `scale` multiplies the tile (the second segment's
+ * scale), and `range` replaces the full range of steps (a K slice).
  */
-function maskedLoaders(layoutA: MatmulPlan['layoutA']): string {
-  const valueA = rowsPerLoad(layoutA) === 4 ? 'vec4<f32>' : 'f32';
-  const stepA = rowsPerLoad(layoutA) === 4 ? 'mat4x4<f32>' : 'vec4<f32>';
-  return `fn loadA1Masked(offset: u32, k: u32) -> ${valueA} {
-  return select(${valueA}(0.0), loadA1(offset, min(k, params.K - 1u)), k < params.K);
-}
-fn loadA4Masked(offset: u32, k: u32) -> ${stepA} {
-  return ${stepA}(loadA1Masked(offset, k), loadA1Masked(offset, k + 1u), loadA1Masked(offset, k + 2u), loadA1Masked(offset, k + 3u));
-}
-fn loadB1Masked(offsets: vec4<u32>, k: u32) -> vec4<f32> {
-  return select(vec4<f32>(0.0), loadB1(offsets, min(k, params.K - 1u)), k < params.K);
-}
-fn loadB4Masked(offsets: vec4<u32>, k: u32) -> mat4x4<f32> {
-  return mat4x4<f32>(loadB1Masked(offsets, k), loadB1Masked(offsets, k + 1u), loadB1Masked(offsets, k + 2u), loadB1Masked(offsets, k + 3u));
-}
-`;
-}
-
-function generateCode(plan: MatmulPlan, params: WgslProgram['params']): string {
-  const { rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK } = plan;
+function productLoop(plan: MatmulPlan, segment: Segment, layoutA: LayoutA, remainderK: boolean, range: string | null, scale: string): { offsets: string; loop: string } {
+  const { rows, loadLanes } = plan;
   const subgroup = plan.variant === 'subgroup';
   const perLoad = rowsPerLoad(layoutA);
   const slots = rows / (loadLanes * perLoad);
+  const s = segment.suffix;
   // Row r of the workgroup's R rows is loaded by lane j = ⌊r / perLoad⌋ mod L into its slot
   // g = ⌊r / (perLoad·L)⌋, as component r mod perLoad when perLoad = 4.
   const slotOf = (r: number) => Math.floor(r / (perLoad * loadLanes));
   const laneOf = (r: number) => Math.floor(r / perLoad) % loadLanes;
   const component = (r: number) => (perLoad > 1 ? `[${r % perLoad}]` : '');
-
-  const typeA = layoutA === 'rows4' || layoutA === 'trans4' ? 'vec4<f32>' : 'f32';
-  const typeB = layoutB === 'rows4' || layoutB === 'trans4' ? 'vec4<f32>' : 'f32';
-  const bindings =
-    storageBinding(0, 'a', typeA, 'read') +
-    storageBinding(1, 'b', typeB, 'read') +
-    storageBinding(2, 'c', vec4C ? 'vec4<f32>' : 'f32', 'read_write') +
-    uniformBinding(3, params);
 
   // Shares what lane j loaded into slot g with the whole subgroup as `shared{g}_{j}`, the
   // k-vector of one row (or, with perLoad = 4, a matrix whose column i is row i's k-vector).
@@ -359,37 +440,105 @@ function generateCode(plan: MatmulPlan, params: WgslProgram['params']): string {
     return `let shared${g}_${j} = transpose(mat4x4<f32>(${columns}));`;
   };
   const masked = remainderK ? 'Masked' : '';
-  let stepBody = lines(slots, (g) => `let a${g} = loadA4${masked}(offsetA${g}, k);`, '    ');
+  let stepBody = lines(slots, (g) => `let a${g} = loadA4${masked}${s}(offsetA${g}${s}, k);`, '    ');
   for (let g = 0; g < slots; g++) stepBody += lines(loadLanes, (j) => share(g, j), '    ');
   stepBody += lines(rows, (r) => `acc${r} += tile * shared${slotOf(r)}_${laneOf(r)}${component(r)};`, '    ');
+
+  const steps = remainderK ? `(${segment.K} + 3u) / 4u` : `${segment.K} / 4u`;
+  const offsets = `  let offsetsB${s} = columnOffsetsB${s}(batchIndex * ${segment.strideB}, col);
+${lines(slots, (g) => `let offsetA${g}${s} = rowOffsetA${s}(batchIndex * ${segment.strideA}, min(laneRow + ${g * loadLanes * perLoad}u, params.M - ${perLoad}u));`)}`;
+  const loop = `  let steps${s} = ${steps};
+  for (${range ?? `var step = 0u; step < steps${s}; step++`}) {
+    let k = step * 4u;
+    let tile = loadB4${masked}${s}(offsetsB${s}, k)${scale};
+${stepBody}  }
+`;
+  return { offsets, loop };
+}
+
+function generateCode(plan: MatmulPlan, params: WgslProgram['params']): string {
+  const { rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK, second, splitK } = plan;
+  const subgroup = plan.variant === 'subgroup';
+  const perLoad = rowsPerLoad(layoutA);
+
+  const typeOf = (layout: LayoutA | LayoutB) => (layout === 'rows4' || layout === 'trans4' ? 'vec4<f32>' : 'f32');
+  let binding = 0;
+  let bindings = storageBinding(binding++, 'a', typeOf(layoutA), 'read') + storageBinding(binding++, 'b', typeOf(layoutB), 'read');
+  if (second) bindings += storageBinding(binding++, 'a2', typeOf(second.layoutA), 'read') + storageBinding(binding++, 'b2', typeOf(second.layoutB), 'read');
+  if (plan.bias) bindings += storageBinding(binding++, 'bias', 'f32', 'read');
+  bindings += storageBinding(binding++, 'c', vec4C ? 'vec4<f32>' : 'f32', 'read_write');
+  if (plan.preActivation) bindings += storageBinding(binding++, 'pre', vec4C ? 'vec4<f32>' : 'f32', 'read_write');
+  bindings += uniformBinding(binding, params);
+
+  const loaders = [loadersA(layoutA, FIRST), loadersB(layoutB, FIRST)];
+  if (remainderK) loaders.push(maskedLoaders(layoutA, FIRST));
+  if (second) {
+    loaders.push(loadersA(second.layoutA, SECOND), loadersB(second.layoutB, SECOND));
+    if (second.remainderK) loaders.push(maskedLoaders(second.layoutA, SECOND));
+  }
+  const epilogue = activationFunction(plan.activation) + (plan.bias ? LOAD_BIAS : '') + storeC(plan);
+
+  // The z index of the workgroup (unfolded from y) runs over the batch, or over batch × slices
+  // with split-K; a slice covers steps [stepBegin, stepEnd) of the first product.
+  const item = `group.z + (group.y / params.rowGroups) * ${MAX_WORKGROUPS_PER_DIMENSION}u`;
+  const locate = splitK
+    ? `  let item = ${item};
+  if (item >= params.batch * params.slices) { return; }
+  let batchIndex = item / params.slices;
+  let slice = item % params.slices;
+`
+    : `  let batchIndex = ${item};
+  if (batchIndex >= params.batch) { return; }
+`;
+  const range = splitK ? 'var step = slice * params.sliceSteps; step < min((slice + 1u) * params.sliceSteps, steps); step++' : null;
+  const baseC = splitK ? '(slice * params.batch + batchIndex) * params.M * params.N' : 'batchIndex * params.M * params.N';
+  const stored = (r: number) => (plan.bias ? `acc${r} + biasColumns` : `acc${r}`);
+
+  const first = productLoop(plan, FIRST, layoutA, remainderK, range, '');
+  const secondProduct = second ? productLoop(plan, SECOND, second.layoutA, second.remainderK, null, ' * params.scale2') : { offsets: '', loop: '' };
 
   const laneBuiltin = subgroup ? ', @builtin(subgroup_invocation_id) subgroupLane: u32' : '';
   const laneIndex = subgroup ? `subgroupLane % ${loadLanes}u` : '0u';
   return `${subgroup ? 'enable subgroups;\n\n' : ''}${bindings}
-${loadersA(layoutA)}
-${loadersB(layoutB)}
-${remainderK ? `${maskedLoaders(layoutA)}\n` : ''}${storeC(vec4C)}
+${loaders.join('\n')}
+${epilogue}
 @compute @workgroup_size(${workgroupSize})
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_id) local: vec3<u32>${laneBuiltin}) {
-  let batchIndex = group.z + (group.y / params.rowGroups) * ${MAX_WORKGROUPS_PER_DIMENSION}u;
-  if (batchIndex >= params.batch) { return; }
-  let rowBase = (group.y % params.rowGroups) * ${rows}u;
+${locate}  let rowBase = (group.y % params.rowGroups) * ${rows}u;
   let col = (group.x * ${workgroupSize}u + local.x) * ${LANE_COLUMNS}u;
-  let offsetsB = columnOffsetsB(batchIndex * params.strideB, col);
   let laneRow = rowBase + ${laneIndex} * ${perLoad}u;
-${lines(slots, (g) => `let offsetA${g} = rowOffsetA(batchIndex * params.strideA, min(laneRow + ${g * loadLanes * perLoad}u, params.M - ${perLoad}u));`)}
+${first.offsets}${secondProduct.offsets}
 ${lines(rows, (r) => `var acc${r} = vec4<f32>();`)}
-  let steps = ${remainderK ? '(params.K + 3u) / 4u' : 'params.K / 4u'};
-  for (var step = 0u; step < steps; step++) {
-    let k = step * 4u;
-    let tile = loadB4${masked}(offsetsB, k);
-${stepBody}  }
-
-  let baseC = batchIndex * params.M * params.N;
-${lines(rows, (r) => `storeRow(baseC, rowBase + ${r}u, col, acc${r});`)}}
+${first.loop}${secondProduct.loop}
+  let baseC = ${baseC};
+${plan.bias ? '  let biasColumns = loadBias(col);\n' : ''}${lines(rows, (r) => `storeRow(baseC, rowBase + ${r}u, col, ${stored(r)});`)}}
 `;
 }
 
+/**
+ * Generates the program that adds the K slices of a split-K matmul: out[i] = Σ_s
+ * partial[s·size + i] for s = 0, 1, …, S−1 in that order, so every run rounds the same way.
+ */
+export function sumSlicesProgram(size: number, slices: number): WgslProgram {
+  const vec4 = size % 4 === 0;
+  const width = vec4 ? 4 : 1;
+  const type = vec4 ? 'vec4<f32>' : 'f32';
+  const params: WgslProgram['params'] = [
+    ['size', 'u32', size / width],
+    ['slices', 'u32', slices],
+  ];
+  const code = `${storageBinding(0, 'partial', type, 'read')}${storageBinding(1, 'output', type, 'read_write')}${uniformBinding(2, params)}
+${entry1d(WORKGROUP_SIZE)} {
+  let i = ${flatIndex(WORKGROUP_SIZE)};
+  if (i >= params.size) { return; }
+  var total = partial[i];
+  for (var slice = 1u; slice < params.slices; slice++) {
+    total += partial[slice * params.size + i];
+  }
+  output[i] = total;
+}`;
+  return { key: `sum-slices:v${width}`, code, workgroups: grid1d(size / width, WORKGROUP_SIZE), params };
+}
 /** Generates the naive program, one invocation per output element, which tests use as a second reference. */
 export function matmulNaiveProgram(shape: MatmulShape): WgslProgram {
   const { batch, M, N, K, transA, transB, strideA, strideB } = shape;

@@ -1,9 +1,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { defineKernel, type Kernel } from '../engine/kernel.ts';
-import { matmulKernel, matmulShape } from '../engine/ops/matmul.ts';
+import { setDevice } from '../engine/devices.ts';
+import { matmul, matmulKernel, matmulShape, matmulSplitKernel, sumSlicesKernel } from '../engine/ops/matmul.ts';
+import { fromHost, noGrad, tidy } from '../engine/tensor.ts';
 import type { DeviceCaps } from '../kernels/types.ts';
-import { matmulNaiveProgram, matmulPlan, matmulProgram, type MatmulShape } from '../kernels/matmul.ts';
+import { matmulNaiveProgram, matmulPlan, matmulProgram, splitKLayout, splitKSlices, type MatmulShape } from '../kernels/matmul.ts';
+import { assertGradients } from './gradcheck.ts';
 import { compare, cpu, randomArray, runOn, webgpu } from './helpers.ts';
 
 type MatmulParams = { transA: boolean; transB: boolean };
@@ -170,6 +173,147 @@ test('matmul rejects mismatched inner dimensions', () => {
     () => matmulKernel.outputs([{ shape: [4, 768], dtype: 'f32' }, { shape: [512, 3072], dtype: 'f32' }], { transA: false, transB: false }),
     /inner dimensions differ \(a is \[4, 768\], b is \[512, 3072\]: 768 vs 512\)/,
   );
+});
+
+// ---------- split-K ----------
+
+type SplitParams = MatmulParams & { slices: number };
+
+function splitKernelWithCaps(name: string, adjust: (caps: DeviceCaps) => DeviceCaps): Kernel<SplitParams> {
+  return defineKernel({ ...matmulSplitKernel, name, wgsl: (specs, params, caps) => matmulSplitKernel.wgsl(specs, params, adjust(caps)) });
+}
+
+const splitVariants: Array<[string, Kernel<SplitParams>]> = [
+  ['adapter', matmulSplitKernel],
+  ['blocked', splitKernelWithCaps('matmul-split-blocked', (caps) => ({ ...caps, subgroups: false }))],
+  ['subgroup4', splitKernelWithCaps('matmul-split-subgroup4', (caps) => ({ ...caps, subgroupMinSize: 4 }))],
+];
+
+// The weight-gradient shape dW = dYᵀ·X (transA, K = tokens) and others, with K not a multiple
+// of 4 or of the slice length, a batch, and a single matrix broadcast over the batch.
+const splitCases: Array<Case & { slices: number }> = [
+  { a: [1029, 16], b: [1029, 37], transA: true, slices: 4 },
+  { a: [1024, 5], b: [1024, 68], transA: true, slices: 7 },
+  { a: [33, 515], b: [7, 515], transB: true, slices: 3 },
+  { a: [3, 9, 130], b: [130, 12], slices: 5 },
+  { a: [2, 3, 4, 66], b: [66, 5], slices: 2 },
+  { a: [1, 257], b: [257, 9], slices: 64 },
+];
+
+for (const [variant, kernel] of splitVariants) {
+  for (const c of splitCases) {
+    test(`matmul split-K ${variant} ${label(c)} S=${c.slices}`, async () => {
+      const device = await webgpu();
+      const a = randomArray(size(c.a));
+      const b = randomArray(size(c.b));
+      const specs = [
+        { shape: c.a, dtype: 'f32' as const },
+        { shape: c.b, dtype: 'f32' as const },
+      ];
+      const { shape } = matmulShape(specs[0], specs[1], { transA: c.transA ?? false, transB: c.transB ?? false });
+      const params = { transA: c.transA ?? false, transB: c.transB ?? false, slices: splitKLayout(shape.K, c.slices).slices };
+      const [expectedPartial] = await runOn(cpu, matmulSplitKernel, [a, b], specs, params);
+      const [partial] = await runOn(device, kernel, [a, b], specs, params);
+      const partials = compare(partial, expectedPartial, 1e-4, 1e-4);
+      assert.ok(partials.ok, `partial products: ${partials.message}`);
+
+      // The slices add up to the unsplit product.
+      const partialSpec = [{ shape: [params.slices, ...matmulShape(specs[0], specs[1], params).out], dtype: 'f32' as const }];
+      const [sum] = await runOn(device, sumSlicesKernel, [partial], partialSpec, { slices: params.slices });
+      const [expected] = await runOn(cpu, matmulKernel, [a, b], specs, params);
+      const total = compare(sum, expected, 1e-4, 1e-4);
+      assert.ok(total.ok, `sum of slices: ${total.message}`);
+    });
+  }
+}
+
+test('matmul split-K sums slices in order on both devices', async () => {
+  // With equal partial products, the CPU and WebGPU sums round the same way: bit for bit.
+  const device = await webgpu();
+  for (const width of [4, 5]) {
+    const slices = 6;
+    const partial = randomArray(slices * 3 * width);
+    const spec = [{ shape: [slices, 3, width], dtype: 'f32' as const }];
+    const [expected] = await runOn(cpu, sumSlicesKernel, [partial], spec, { slices });
+    const [actual] = await runOn(device, sumSlicesKernel, [partial], spec, { slices });
+    assert.equal(Array.from(actual), Array.from(expected), `width ${width}`);
+  }
+});
+
+test('matmul split-K is bitwise repeatable', async () => {
+  const device = await webgpu();
+  setDevice(device);
+  const a = fromHost(randomArray(2048 * 24), [2048, 24], 'f32', device);
+  const b = fromHost(randomArray(2048 * 70), [2048, 70], 'f32', device);
+  const runs: Float32Array[] = [];
+  for (let run = 0; run < 3; run++) {
+    const out = noGrad(() => matmul(a, b, { transA: true, splitK: 8 }));
+    runs.push((await out.data()) as Float32Array);
+    out.dispose();
+  }
+  assert.equal(Array.from(runs[1]), Array.from(runs[0]), 'second run differs from the first');
+  assert.equal(Array.from(runs[2]), Array.from(runs[0]), 'third run differs from the first');
+  const unsplit = noGrad(() => matmul(a, b, { transA: true, splitK: 1 }));
+  const result = compare(runs[0], await unsplit.data(), 1e-4, 1e-4);
+  assert.ok(result.ok, `split vs unsplit: ${result.message}`);
+  for (const tensor of [a, b, unsplit]) tensor.dispose();
+});
+
+test('matmul splits K automatically for the weight-gradient shape', async () => {
+  const device = await webgpu();
+  setDevice(device);
+  // dW = dYᵀ·X with 16 output rows, 40 input features and 2048 tokens: one workgroup unsplit.
+  const dwShape: MatmulShape = { batch: 1, M: 16, N: 40, K: 2048, transA: true, transB: false, strideA: 0, strideB: 0 };
+  const slices = splitKSlices(dwShape, device.caps);
+  assert.ok(slices > 1, `expected a split, got ${slices} slice(s)`);
+  // A grid that fills the device, and a short K, are not split.
+  assert.is(splitKSlices({ ...dwShape, M: 1024, N: 1024 }, device.caps), 1);
+  assert.is(splitKSlices({ ...dwShape, K: 300 }, device.caps), 1);
+
+  const a = fromHost(randomArray(2048 * 16), [2048, 16], 'f32', device);
+  const b = fromHost(randomArray(2048 * 40), [2048, 40], 'f32', device);
+  device.takeDispatchCounts();
+  const out = noGrad(() => matmul(a, b, { transA: true }));
+  const counts = device.takeDispatchCounts();
+  assert.is(counts.get('matmul_split_k'), 1);
+  assert.is(counts.get('sum_slices'), 1);
+  assert.is(counts.get('matmul'), undefined);
+  const expected = noGrad(() => matmul(a, b, { transA: true, splitK: 1 }));
+  const result = compare(await out.data(), await expected.data(), 1e-4, 1e-4);
+  assert.ok(result.ok, result.message);
+  for (const tensor of [a, b, out, expected]) tensor.dispose();
+});
+
+test('matmul split-K gradients (cpu)', async () => {
+  setDevice(cpu);
+  const inputs = [
+    { name: 'a', data: randomArray(2 * 13 * 3), shape: [2, 13, 3] },
+    { name: 'b', data: randomArray(13 * 4), shape: [13, 4] },
+  ];
+  await assertGradients('split-K', (a, b) => matmul(a, b, { transA: true, splitK: 3 }), inputs);
+});
+
+test('matmul split-K on the CPU device equals the unsplit product', async () => {
+  setDevice(cpu);
+  const a = fromHost(randomArray(9 * 1001), [9, 1001], 'f32', cpu);
+  const b = fromHost(randomArray(1001 * 6), [1001, 6], 'f32', cpu);
+  const split = tidy(() => noGrad(() => matmul(a, b, { splitK: 10 })));
+  const unsplit = tidy(() => noGrad(() => matmul(a, b)));
+  const result = compare(await split.data(), await unsplit.data(), 1e-5, 1e-5);
+  assert.ok(result.ok, result.message);
+  for (const tensor of [a, b, split, unsplit]) tensor.dispose();
+});
+
+test('matmul rejects an invalid splitK', () => {
+  setDevice(cpu);
+  const a = fromHost(randomArray(8), [2, 4], 'f32', cpu);
+  assert.throws(() => matmul(a, a, { transB: true, splitK: 0 }), /splitK = 0 is invalid; use 1 \(no split\) or a whole number of slices ≥ 2/);
+  assert.throws(() => matmul(a, a, { transB: true, splitK: 2.5 }), /splitK = 2.5 is invalid/);
+  assert.throws(
+    () => matmulSplitKernel.outputs([{ shape: [2, 4], dtype: 'f32' }, { shape: [4, 3], dtype: 'f32' }], { transA: false, transB: false, slices: 3 }),
+    /K = 4 fills only 1 of 3 slices/,
+  );
+  a.dispose();
 });
 
 test.run();

@@ -1,7 +1,10 @@
 // Basic layers. Linear weights use the [out, in] layout of PyTorch checkpoints.
 import { add, affine, matmul, mul, reshape } from '../ops/index.ts';
+import { cast } from '../ops/cast.ts';
 import { dropout } from '../ops/dropout.ts';
 import { embedding } from '../ops/embedding.ts';
+import { linear, loraLinear } from '../ops/linear.ts';
+import { frozenLinear } from '../ops/row-chunks.ts';
 import { layerNorm, rmsNorm } from '../ops/norm.ts';
 import type { Random } from '../random.ts';
 import { noGrad, parameter, tidy, type Tensor } from '../tensor.ts';
@@ -15,7 +18,35 @@ export function nextDropoutSeed(): number {
   return dropoutCounter;
 }
 
-/** y = x·Wᵀ + b. x [..., in] → [..., out]. */
+/** Returns the state of the dropout seed counter, so a recomputation can replay the same seeds. */
+export function dropoutSeedState(): number {
+  return dropoutCounter;
+}
+
+/** Sets the dropout seed counter to a state returned by `dropoutSeedState()`. */
+export function setDropoutSeedState(state: number): void {
+  dropoutCounter = state >>> 0;
+}
+
+/**
+ * Whether `weight` takes the fused kernels: stored as f32 and, bound as f32, within one
+ * storage binding. A frozen f16 weight or a larger one goes through `frozenLinear` instead.
+ */
+function fusable(weight: Tensor): boolean {
+  return weight.dtype === 'f32' && weight.size * 4 <= weight.device.limits.maxBindingBytes;
+}
+
+/** x [..., in] → ([rows, in], the leading shape). */
+function flattenRows(x: Tensor, inFeatures: number): [Tensor, number[]] {
+  const leading = x.shape.slice(0, -1);
+  return [reshape(x, [leading.reduce((p, d) => p * d, 1), inFeatures]), leading];
+}
+
+/**
+ * y = x·Wᵀ + b. x [..., in] → [..., out]. An f32 weight within one binding runs one matmul
+ * dispatch with the bias fused; a frozen f16 weight, or one larger than a binding, runs
+ * `frozenLinear` (row chunks, cast to f32 one at a time) and then adds the bias.
+ */
 export class Linear extends Module {
   readonly weight: Tensor;
   readonly bias: Tensor | null;
@@ -28,10 +59,9 @@ export class Linear extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    const leading = x.shape.slice(0, -1);
-    const rows = leading.reduce((p, d) => p * d, 1);
-    const flat = reshape(x, [rows, this.inFeatures]);
-    let y = matmul(flat, this.weight, { transB: true });
+    if (fusable(this.weight)) return linear(x, this.weight, this.bias);
+    const [flat, leading] = flattenRows(x, this.inFeatures);
+    let y = frozenLinear(flat, this.weight);
     if (this.bias) y = add(y, this.bias);
     return reshape(y, [...leading, this.outFeatures]);
   }
@@ -47,6 +77,8 @@ export interface LoraOptions {
  * A frozen base Linear plus a trainable low-rank update:
  * y = x·Wᵀ + b + (alpha/rank)·dropout(x)·Aᵀ·Bᵀ, with A [rank, in] and B [out, rank] = 0 at
  * initialisation, so the update starts at zero. `loraEnabled` switches the update off.
+ * Forward runs the fused `loraLinear` op: one small matmul for dropout(x)·Aᵀ and one dispatch
+ * for the rest.
  */
 export class LoRALinear extends Module {
   readonly base: Linear;
@@ -69,7 +101,7 @@ export class LoRALinear extends Module {
 
   /**
    * Folds the update into the base weight for inference, W ← W + (alpha/rank)·B·A, so forward
-   * runs one matmul instead of three. `unmerge` subtracts it again (equal up to f32 rounding).
+   * runs one matmul dispatch instead of two. `unmerge` subtracts it again (equal up to f32 rounding).
    */
   merge(): void {
     if (this.merged) return;
@@ -86,10 +118,19 @@ export class LoRALinear extends Module {
 
   private addUpdate(sign: 1 | -1): void {
     const { rank, alpha } = this.lora;
+    const weight = this.base.weight;
+    if (weight.size * 4 > weight.device.limits.maxBindingBytes) {
+      throw new Error(
+        `LoRALinear: cannot merge into ${weight.describe()}, which bound as f32 exceeds one storage binding ` +
+          `(${weight.device.limits.maxBindingBytes} bytes); run the layer unmerged`,
+      );
+    }
     noGrad(() =>
       tidy(() => {
         const update = affine(matmul(this.loraB, this.loraA), (sign * alpha) / rank);
-        this.base.weight.copyFrom(add(this.base.weight, update));
+        // An f16 base is updated in f32 and rounded back, so each merge adds f16 rounding.
+        const merged = add(weight.dtype === 'f32' ? weight : cast(weight, 'f32'), update);
+        weight.copyFrom(weight.dtype === 'f32' ? merged : cast(merged, weight.dtype));
       }),
     );
   }
@@ -98,17 +139,18 @@ export class LoRALinear extends Module {
     if (this.merged && this.training) {
       throw new Error('LoRALinear: the LoRA update is merged into the base weight; call unmerge() before training');
     }
-    const y = this.base.forward(x);
-    if (!this.loraEnabled || this.merged) return y;
+    if (!this.loraEnabled || this.merged) return this.base.forward(x);
     const { rank, alpha } = this.lora;
-    const leading = x.shape.slice(0, -1);
-    const rows = leading.reduce((p, d) => p * d, 1);
-    let flat = reshape(x, [rows, this.base.inFeatures]);
-    if (this.training && this.lora.dropout > 0) flat = dropout(flat, this.lora.dropout, nextDropoutSeed());
-    const down = matmul(flat, this.loraA, { transB: true });
-    const up = matmul(down, this.loraB, { transB: true });
-    const update = reshape(affine(up, alpha / rank), [...leading, this.base.outFeatures]);
-    return add(y, update);
+    const p = this.training ? this.lora.dropout : 0;
+    const seed = p > 0 ? nextDropoutSeed() : 0;
+    if (fusable(this.base.weight)) {
+      return loraLinear(x, this.base.weight, this.base.bias, this.loraA, this.loraB, { scale: alpha / rank, dropout: p, seed });
+    }
+    // An f16 or split base: the base product by row chunks, the update by separate matmuls.
+    const [flat, leading] = flattenRows(x, this.base.inFeatures);
+    const dropped = p > 0 ? dropout(flat, p, seed) : flat;
+    const update = affine(matmul(matmul(dropped, this.loraA, { transB: true }), this.loraB, { transB: true }), alpha / rank);
+    return add(this.base.forward(x), reshape(update, [...leading, this.base.outFeatures]));
   }
 }
 

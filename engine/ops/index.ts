@@ -1,6 +1,7 @@
 // All autograd ops.
 export * from './elementwise.ts';
 export * from './matmul.ts';
+export * from './linear.ts';
 export { runKernel, record } from './run.ts';
 export * from './softmax.ts';
 export * from './norm.ts';

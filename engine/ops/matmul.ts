@@ -3,16 +3,27 @@
 // Shapes: a [..., M, K] (or [..., K, M] with transA), b [..., K, N] (or [..., N, K] with
 // transB) → [..., M, N]. Leading (batch) axes must match, or one side has none and is
 // broadcast over the other's batch.
-import { matmulProgram, type MatmulShape } from '../../kernels/matmul.ts';
-import { shapeString } from '../dtype.ts';
+//
+// Split-K: when the output has too few tiles to fill the device and K is long (the weight
+// gradient dW = dYᵀ·X, with K the token count), matmul() splits K into S slices. One dispatch
+// writes the S partial products [S, ..., M, N], and a second adds them in slice order, so
+// the result is the same bits on every run. `splitKSlices` in kernels/matmul.ts has the rule.
+import { matmulProgram, splitKLayout, splitKSlices, sumSlicesProgram, type MatmulShape } from '../../kernels/matmul.ts';
+import { shapeString, sizeOf } from '../dtype.ts';
 import { defineKernel, type TensorSpec } from '../kernel.ts';
 import type { Tensor } from '../tensor.ts';
 import { accumulateGradInto } from './elementwise.ts';
-import { assertDtype, record, runKernel } from './run.ts';
+import { assertDtype, record, runKernel, specOf } from './run.ts';
 
 export interface MatmulOptions {
   transA?: boolean;
   transB?: boolean;
+  /**
+   * K slices. 'auto' (the default) splits by the rule of `splitKSlices` on the WebGPU device
+   * and never on the CPU device. 1 disables splitting. A whole number ≥ 2 forces that many
+   * slices, or fewer when K has fewer steps of 4.
+   */
+  splitK?: number | 'auto';
 }
 
 interface MatmulParams {
@@ -64,7 +75,8 @@ export function matmulShape(a: TensorSpec, b: TensorSpec, { transA, transB }: Ma
   };
 }
 
-export function matmulReference(a: ArrayLike<number>, b: ArrayLike<number>, c: Float32Array | Int32Array, s: MatmulShape): void {
+/** C = op(A)·op(B) in float64, rounded to f32 once; `kBegin` and `kEnd` restrict the sum over k. */
+export function matmulReference(a: ArrayLike<number>, b: ArrayLike<number>, c: Float32Array | Int32Array, s: MatmulShape, kBegin = 0, kEnd = s.K): void {
   const { batch, M, N, K, transA, transB, strideA, strideB } = s;
   const row = new Float64Array(N);
   for (let p = 0; p < batch; p++) {
@@ -72,7 +84,7 @@ export function matmulReference(a: ArrayLike<number>, b: ArrayLike<number>, c: F
     const baseB = p * strideB;
     for (let i = 0; i < M; i++) {
       row.fill(0);
-      for (let k = 0; k < K; k++) {
+      for (let k = kBegin; k < kEnd; k++) {
         const av = a[baseA + (transA ? k * M + i : i * K + k)];
         if (av === 0) continue;
         if (transB) for (let j = 0; j < N; j++) row[j] += av * b[baseB + j * K + k];
@@ -99,13 +111,82 @@ export const matmulKernel = defineKernel<MatmulParams>({
   },
 });
 
+interface MatmulSplitParams extends MatmulParams {
+  /** S, the number of K slices, as returned by splitKLayout. */
+  slices: number;
+}
+
+/** The partial products of split-K: output [S, ..., M, N], slice s summing its range of k. */
+export const matmulSplitKernel = defineKernel<MatmulSplitParams>({
+  name: 'matmul_split_k',
+  outputs([a, b], params) {
+    const { shape, out } = matmulShape(a, b, params);
+    const { slices } = splitKLayout(shape.K, params.slices);
+    if (slices !== params.slices) {
+      throw new Error(`matmul: K = ${shape.K} fills only ${slices} of ${params.slices} slices; pass the slice count that splitKLayout returns`);
+    }
+    return [{ shape: [slices, ...out], dtype: 'f32' }];
+  },
+  cpu([a, b], [partial], [sa, sb], params) {
+    const { shape } = matmulShape(sa, sb, params);
+    const { slices, sliceSteps } = splitKLayout(shape.K, params.slices);
+    const size = shape.batch * shape.M * shape.N;
+    for (let slice = 0; slice < slices; slice++) {
+      const kBegin = Math.min(shape.K, slice * sliceSteps * 4);
+      const kEnd = Math.min(shape.K, (slice + 1) * sliceSteps * 4);
+      matmulReference(a, b, partial.subarray(slice * size, (slice + 1) * size), shape, kBegin, kEnd);
+    }
+  },
+  wgsl: ([a, b], params, caps) => matmulProgram(matmulShape(a, b, params).shape, caps, { splitK: params.slices }),
+  flops([a, b], params) {
+    const { batch, M, N, K } = matmulShape(a, b, params).shape;
+    return 2 * batch * M * N * K;
+  },
+});
+
+/** Sums the slices of split-K: [S, ...] → [...], adding slice 0, 1, … in order in f32. */
+export const sumSlicesKernel = defineKernel<{ slices: number }>({
+  name: 'sum_slices',
+  outputs([partial], { slices }) {
+    if (partial.shape[0] !== slices) {
+      throw new Error(`sum_slices: partial products have shape ${shapeString(partial.shape)}, expected ${slices} slices on axis 0`);
+    }
+    return [{ shape: partial.shape.slice(1), dtype: 'f32' }];
+  },
+  cpu([partial], [out], _specs, { slices }) {
+    const size = out.length;
+    for (let i = 0; i < size; i++) {
+      let total = partial[i];
+      for (let slice = 1; slice < slices; slice++) total = Math.fround(total + partial[slice * size + i]);
+      out[i] = total;
+    }
+  },
+  wgsl: ([partial], { slices }) => sumSlicesProgram(sizeOf(partial.shape) / slices, slices),
+});
+
+/** Number of K slices for `options.splitK` (see MatmulOptions); 1 means no split. */
+function slicesFor(a: Tensor, shape: MatmulShape, splitK: number | 'auto'): number {
+  if (splitK === 'auto') return a.device.kind === 'webgpu' ? splitKSlices(shape, a.device.caps) : 1;
+  return splitKLayout(shape.K, splitK).slices;
+}
+
 /** op(a) · op(b); see the file header for shapes. */
 export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
   assertDtype('matmul', a, 'f32');
   assertDtype('matmul', b, 'f32');
   const transA = options.transA ?? false;
   const transB = options.transB ?? false;
-  const out = runKernel(matmulKernel, [a, b], { transA, transB })[0];
+  const { shape } = matmulShape(specOf(a), specOf(b), { transA, transB });
+  const slices = slicesFor(a, shape, options.splitK ?? 'auto');
+
+  let out: Tensor;
+  if (slices > 1) {
+    const partial = runKernel(matmulSplitKernel, [a, b], { transA, transB, slices })[0];
+    out = runKernel(sumSlicesKernel, [partial], { slices })[0];
+    partial.dispose();
+  } else {
+    out = runKernel(matmulKernel, [a, b], { transA, transB })[0];
+  }
   return record(out, [a, b], (g) => {
     if (a.requiresGrad) {
       const ga = transA

@@ -1,4 +1,5 @@
-// One AdamW step for one parameter, in place (param, m and v are read_write).
+// AdamW steps, in place (param, m and v are read_write): `adamwProgram` updates one parameter,
+// `adamwGroupProgram` every parameter of a group laid out in flat buffers.
 //
 // Shapes: param, grad, m, v all [...] with the same element count.
 // Update (decoupled weight decay, Loshchilov and Hutter, "Decoupled Weight Decay
@@ -26,9 +27,8 @@ export interface AdamWUniforms {
   biasCorrection2: number;
 }
 
-export function adamwProgram(size: number, u: AdamWUniforms): WgslProgram {
-  const params: WgslProgram['params'] = [
-    ['size', 'u32', size],
+function uniformsOf(u: AdamWUniforms): WgslProgram['params'] {
+  return [
     ['lr', 'f32', u.lr],
     ['beta1', 'f32', u.beta1],
     ['beta2', 'f32', u.beta2],
@@ -39,11 +39,12 @@ export function adamwProgram(size: number, u: AdamWUniforms): WgslProgram {
     ['bias_correction1', 'f32', u.biasCorrection1],
     ['bias_correction2', 'f32', u.biasCorrection2],
   ];
-  const code = `${storageBinding(0, 'param', 'f32', 'read_write')}${storageBinding(1, 'grad', 'f32', 'read')}${storageBinding(2, 'm', 'f32', 'read_write')}${storageBinding(3, 'v', 'f32', 'read_write')}${uniformBinding(4, params)}
-${entry1d(WORKGROUP)} {
-  let i = ${flatIndex(WORKGROUP)};
-  if (i >= params.size) { return; }
-  let g = grad[i];
+}
+
+const BINDINGS = `${storageBinding(0, 'param', 'f32', 'read_write')}${storageBinding(1, 'grad', 'f32', 'read')}${storageBinding(2, 'm', 'f32', 'read_write')}${storageBinding(3, 'v', 'f32', 'read_write')}`;
+
+/** The update of element `i`, the same statements in both programs. */
+const UPDATE = `  let g = grad[i];
   var p = param[i];
   p = p - params.lr * params.weight_decay * p;
 
@@ -54,7 +55,38 @@ ${entry1d(WORKGROUP)} {
 
   let m_hat = m_new / params.bias_correction1;
   let v_hat = v_new / params.bias_correction2;
-  param[i] = p - params.lr * m_hat / (sqrt(v_hat) + params.eps);
+  param[i] = p - params.lr * m_hat / (sqrt(v_hat) + params.eps);`;
+
+export function adamwProgram(size: number, u: AdamWUniforms): WgslProgram {
+  const params: WgslProgram['params'] = [['size', 'u32', size], ...uniformsOf(u)];
+  const code = `${BINDINGS}${uniformBinding(4, params)}
+${entry1d(WORKGROUP)} {
+  let i = ${flatIndex(WORKGROUP)};
+  if (i >= params.size) { return; }
+${UPDATE}
 }`;
   return { key: 'adamw', code, workgroups: grid1d(size, WORKGROUP), params };
+}
+
+/** Elements one workgroup of `adamwGroupProgram` updates at most. */
+export const ADAMW_GROUP_WORKGROUP = WORKGROUP;
+
+/**
+ * Generates one AdamW step for a group of parameters stored back to back in flat param, grad,
+ * m and v buffers. `ranges` [W, 2] u32 gives each workgroup w its elements [start, end), at most 64 of
+ * them, so W workgroups cover the group's parameters and skip the padding between them. All
+ * parameters of one dispatch share the step count (the bias corrections are uniforms).
+ */
+export function adamwGroupProgram(workgroupCount: number, u: AdamWUniforms): WgslProgram {
+  const params: WgslProgram['params'] = [['workgroup_count', 'u32', workgroupCount], ...uniformsOf(u)];
+  const code = `${BINDINGS}${storageBinding(4, 'ranges', 'u32', 'read')}${uniformBinding(5, params)}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+  let w = wid.x + wid.y * nwg.x;
+  if (w >= params.workgroup_count) { return; }
+  let i = ranges[2u * w] + lane;
+  if (i >= ranges[2u * w + 1u]) { return; }
+${UPDATE}
+}`;
+  return { key: 'adamw_group', code, workgroups: grid1d(workgroupCount * WORKGROUP, WORKGROUP), params };
 }

@@ -29,7 +29,10 @@ Usage:
       --epoch-scale  multiplies every epoch count, e.g. 0.25 for a quick run (default 1)
       --batch-size   samples per training step (default: the preset's, 8 tiny, 64 paper)
       --stages       PAG stage schedule, e.g. 1,2,3 (default), 1,3 or 1,3,2; each stage keeps
-                     its preset epochs and learning rate
+                     its preset epochs and learning rate. "+" joins stages into one joint stage
+                     (1+2+3, or 1,2+3): each step's loss is the mean of the members' losses on
+                     one batch, and it trains for the sum of the members' epochs at the smallest
+                     of their peak learning rates. A stage may appear at most once
       --no-bounds-checks  drops Dawn's per-access buffer bounds checks from shaders (Node only;
                      faster on CPU Vulkan drivers, but a kernel bug can corrupt memory)
   s2d train --preset paper --vision DIR --text DIR --llm DIR --data DIR --out DIR [--llm-tokenizer PATH] [--text-tokenizer PATH]

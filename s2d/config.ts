@@ -5,9 +5,20 @@ import type { LlamaConfig } from './models/llama.ts';
 import type { VitConfig } from './models/vit.ts';
 import { PAPER_PRESET } from './hf/paper.ts';
 
+/** A PAG stage: 1 feeds the decoder the image context, 2 adds the reference report, 3 adds key phrases. */
+export type StageNumber = 1 | 2 | 3;
+
 export interface StageConfig {
-  /** 1: image context; 2: adds the reference report; 3: adds key phrases. */
-  stage: 1 | 2 | 3;
+  /**
+   * The stage this entry trains. In a joint entry, its highest member, which sets the trained
+   * parameters and the longest context.
+   */
+  stage: StageNumber;
+  /**
+   * Members of a joint stage in ascending order (e.g. [1, 2, 3] for `1+2+3`). Each step's loss is
+   * then the mean of the members' report losses on one batch. Absent for a single stage.
+   */
+  joint?: StageNumber[];
   epochs: number;
   peakLr: number;
 }
@@ -34,12 +45,20 @@ export interface S2DConfig {
     warmupSteps: number;
     betas: [number, number];
     weightDecay: number;
-    /** Stage order; any subset or order of 1, 2, 3 (the full curriculum is 1 → 2 → 3). */
+    /**
+     * Stage order: any subset or order of 1, 2, 3, with some stages possibly joined into joint
+     * stages (the full curriculum is 1 → 2 → 3). parseStages accepts each stage at most once.
+     */
     stages: StageConfig[];
     pretrainDecoderEpochs: number;
     pretrainTextEpochs: number;
     pretrainLr: number;
     seed: number;
+    /**
+     * Steps whose losses are read back from the device together (default 8). Larger values
+     * keep the device busier; a non-finite loss is then noticed up to this many steps late.
+     */
+    lossReadInterval?: number;
   };
 }
 
@@ -76,16 +95,45 @@ export function withoutVocabSize<T extends { vocabSize: number }>(config: T): Om
 
 export const PRESETS: Record<string, S2DConfig> = { tiny: TINY, paper: PAPER_PRESET };
 
+/** Returns the stages an entry trains: the members of a joint stage, or the single stage. */
+export function stageMembers(entry: StageConfig): StageNumber[] {
+  return entry.joint ?? [entry.stage];
+}
+
+/** Returns the progress label of an entry, e.g. "PAG stage 2" or "PAG stages 1+2+3 (joint)". */
+export function stageLabel(entry: StageConfig): string {
+  return entry.joint ? `PAG stages ${entry.joint.join('+')} (joint)` : `PAG stage ${entry.stage}`;
+}
+
 /**
- * Parses a stage schedule such as "1,2,3" (the full curriculum), "1,3" or "1,3,2" into stage
- * configs, taking each stage's epochs and peak learning rate from `defaults`.
+ * Parses a stage schedule into stage configs. Commas separate stages that run one after
+ * another: "1,2,3" is the full curriculum, and "1,3" or "1,3,2" also work. A `+` joins stages
+ * into one joint stage ("1+2+3", "1,2+3"). Each stage takes its epochs and peak learning rate
+ * from `defaults`. A joint stage trains for the sum of its members' epochs, the same number of
+ * passes as running them in sequence. Its peak learning rate is the smallest of its members',
+ * the rate of the stage with the most trainable parameters in the presets.
  */
 export function parseStages(text: string, defaults: StageConfig[]): StageConfig[] {
-  const parts = text.split(',').map((part) => part.trim());
-  return parts.map((part) => {
-    const stage = Number(part);
-    const found = defaults.find((d) => d.stage === stage);
-    if (!found) throw new Error(`--stages ${text}: "${part}" is not a stage; use a comma-separated list of 1, 2 and 3, e.g. 1,2,3`);
-    return { ...found };
+  const usage = 'use stages 1, 2 and 3, separated by "," (in sequence) or "+" (joint), e.g. 1,2,3 or 1+2+3';
+  const seen = new Set<StageNumber>();
+  return text.split(',').map((part) => {
+    const members = part.split('+').map((item) => {
+      const name = item.trim();
+      if (name === '') throw new Error(`--stages ${text}: a stage number is missing (an empty schedule, or a "," or "+" doubled or at an end); ${usage}`);
+      const found = defaults.find((d) => !d.joint && String(d.stage) === name);
+      if (!found) throw new Error(`--stages ${text}: "${name}" is not a stage; ${usage}`);
+      if (seen.has(found.stage)) throw new Error(`--stages ${text}: stage ${found.stage} is used twice; list each stage once`);
+      seen.add(found.stage);
+      return found;
+    });
+    if (members.length === 1) return { ...members[0] };
+
+    const stages = members.map((m) => m.stage).sort((a, b) => a - b);
+    return {
+      stage: stages[stages.length - 1],
+      joint: stages,
+      epochs: members.reduce((total, m) => total + m.epochs, 0),
+      peakLr: Math.min(...members.map((m) => m.peakLr)),
+    };
   });
 }

@@ -189,7 +189,13 @@ export async function runMainJob(options: MainJobOptions): Promise<MainJobResult
   for (const stage of training.stages) {
     const result = await trainStage(model, { ...stage, epochs: epochs(stage.epochs) }, train, val, ids, progress);
     stages.push(result);
-    progress.log(`${result.label}: ${result.steps} steps in ${result.seconds.toFixed(1)} s, train loss ${result.finalTrainLoss.toFixed(4)}, val loss ${result.valLoss.toFixed(4)}`);
+    const summary = `${result.label}: ${result.steps} steps in ${result.seconds.toFixed(1)} s, train loss ${result.finalTrainLoss.toFixed(4)}, val loss ${result.valLoss.toFixed(4)}`;
+    if (result.memberValLosses) {
+      const members = result.memberValLosses.map(({ stage: member, valLoss }) => `stage ${member} ${valLoss.toFixed(4)} (C${member})`).join(', ');
+      progress.log(`${summary} (C1), member val losses: ${members}`);
+    } else {
+      progress.log(summary);
+    }
   }
   const loraEnabled = training.stages.some((s) => s.stage >= 2);
 

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Device } from '../engine/device.ts';
-import { AdamW, adamwKernel, clipGradNorm } from '../engine/optim.ts';
+import { AdamW, adamwGroupKernel, adamwKernel, clipGradNorm } from '../engine/optim.ts';
 import { cosineSchedule } from '../engine/schedule.ts';
 import { fromHost, type Tensor } from '../engine/tensor.ts';
 import { compare, cpu, randomArray, runOn, webgpu } from './helpers.ts';
@@ -45,6 +45,46 @@ test('adamw kernel webgpu matches cpu', async () => {
     const result = compare(actual[i], expected[i], 1e-6, 1e-5);
     assert.ok(result.ok, `${name}: ${result.message}`);
   });
+});
+
+test('adamw_group kernel matches cpu on both devices', async () => {
+  // Three parameters of awkward sizes, each starting at a multiple of 64 elements.
+  const sizes = [7, 33, 129];
+  const offsets = [0, 64, 128];
+  const total = 320;
+  const ranges: number[] = [];
+  sizes.forEach((size, i) => {
+    for (let first = offsets[i]; first < offsets[i] + size; first += 64) ranges.push(first, Math.min(first + 64, offsets[i] + size));
+  });
+  const param = randomArray(total);
+  const grad = randomArray(total, 0.1);
+  const m = randomArray(total, 0.01);
+  const v = randomArray(total, 1e-3).map(Math.abs);
+  const uniforms = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, biasCorrection1: 1 - 0.9 ** 4, biasCorrection2: 1 - 0.95 ** 4 };
+  const specs = [f32([total]), f32([total]), f32([total]), f32([total]), { shape: [ranges.length / 2, 2], dtype: 'i32' as const }];
+  const inputs = [param, grad, m, v, Int32Array.from(ranges)];
+
+  // The per-parameter kernel on each parameter is the reference for the covered elements.
+  const expected = [param.slice(), grad.slice(), m.slice(), v.slice()];
+  for (let i = 0; i < sizes.length; i++) {
+    const part = (data: Float32Array) => data.slice(offsets[i], offsets[i] + sizes[i]);
+    const spec = f32([sizes[i]]);
+    const updated = await runOn(cpu, adamwKernel, [part(param), part(grad), part(m), part(v)], [spec, spec, spec, spec], uniforms);
+    updated.forEach((values, k) => expected[k].set(values, offsets[i]));
+  }
+  for (const device of [cpu, await webgpu()]) {
+    const actual = await runOn(device, adamwGroupKernel, inputs, specs, uniforms);
+    ['param', 'grad', 'm', 'v'].forEach((name, k) => {
+      // Padding between parameters must stay as it was, so the comparison covers it too.
+      const result = compare(actual[k], expected[k], 1e-6, 1e-5);
+      assert.ok(result.ok, `${device.kind} ${name}: ${result.message}`);
+    });
+  }
+});
+
+test('adamw_group kernel rejects a bad range table', () => {
+  const specs = [f32([64]), f32([64]), f32([64]), f32([64]), f32([1, 2])];
+  assert.throws(() => adamwGroupKernel.outputs(specs, {} as never), /adamw_group: ranges is \[1, 2\] f32; pass i32 \[W, 2\]/);
 });
 
 // ---------- AdamW ----------
@@ -99,6 +139,75 @@ test('AdamW webgpu matches cpu over several steps', async () => {
   });
 });
 
+for (const deviceName of ['cpu', 'webgpu'] as const) {
+  test(`AdamW grouped equals per-parameter on ${deviceName}`, async () => {
+    const device = deviceName === 'cpu' ? cpu : await webgpu();
+    const shapes = [[7], [33, 3], [129], [2, 5, 3]];
+    const initial = shapes.map((shape, i) => randomArray(shape.reduce((p, d) => p * d, 1), 1, 200 + i));
+    const run = async (groupedMaxSize: number) => {
+      const params = initial.map((data, i) => trainable(data, shapes[i], device));
+      const optimizer = new AdamW(params, { lr: 1e-2, weightDecay: 0.05, groupedMaxSize });
+      for (let step = 0; step < 4; step++) {
+        params.forEach((param, i) => {
+          // Parameter 1 has no gradient in step 1, so its step count falls behind the others'.
+          if (i === 1 && step === 1) return;
+          setGrad(param, randomArray(param.size, 1, 1000 * step + i));
+        });
+        optimizer.step(1e-2 * (step + 1));
+        optimizer.zeroGrad();
+      }
+      const values = await Promise.all([...params, ...optimizer.state.flatMap(({ m, v }) => [m, v])].map((t) => t.data()));
+      const steps = optimizer.state.map((state) => state.step);
+      optimizer.dispose();
+      for (const param of params) param.dispose();
+      return { values, steps };
+    };
+    const perParameter = await run(0);
+    assert.equal(perParameter.steps, [4, 3, 4, 4]);
+    // All parameters in the group, and only the two smallest (7 and 30 elements).
+    for (const groupedMaxSize of [Infinity, 40]) {
+      const grouped = await run(groupedMaxSize);
+      assert.equal(grouped.steps, perParameter.steps);
+      perParameter.values.forEach((expected, i) => {
+        const result = compare(grouped.values[i], expected, 1e-6, 1e-6);
+        assert.ok(result.ok, `groupedMaxSize ${groupedMaxSize}, tensor ${i}: ${result.message}`);
+      });
+    }
+  });
+}
+
+test('AdamW grouped step dispatch counts', async () => {
+  const device = await webgpu();
+  const params = [[7], [33], [129], [64, 3]].map(([rows, cols = 1]) => trainable(randomArray(rows * cols), [rows, cols], device));
+  const cases: Array<[number, Array<[string, number]>]> = [
+    [Infinity, [['adamw_group', 1]]],
+    [0, [['adamw', 4]]],
+    // The [64, 3] parameter (192 elements) gets its own dispatch.
+    [150, [['adamw_group', 1], ['adamw', 1]]],
+  ];
+  for (const [groupedMaxSize, expected] of cases) {
+    const optimizer = new AdamW(params, { lr: 1e-3, groupedMaxSize });
+    params.forEach((param) => setGrad(param, randomArray(param.size)));
+    device.takeDispatchCounts();
+    optimizer.step();
+    const counts = [...device.takeDispatchCounts()].sort((a, b) => b[0].localeCompare(a[0]));
+    assert.equal(counts, expected, `groupedMaxSize ${groupedMaxSize}`);
+    optimizer.zeroGrad();
+    optimizer.dispose();
+  }
+  for (const param of params) param.dispose();
+});
+
+test('AdamW grouped rejects parameters on two devices', async () => {
+  const device = await webgpu();
+  const a = trainable(randomArray(3), [3], cpu);
+  const b = trainable(randomArray(3), [3], device);
+  assert.throws(() => new AdamW([a, b], { lr: 0.1 }), /AdamW: parameter .* lives on webgpu and .* on cpu; move them to one device or pass groupedMaxSize: 0/);
+  new AdamW([a, b], { lr: 0.1, groupedMaxSize: 0 }).dispose();
+  a.dispose();
+  b.dispose();
+});
+
 test('AdamW skips parameters without a gradient', async () => {
   const data = randomArray(5);
   const frozen = trainable(data, [5], cpu);
@@ -135,6 +244,7 @@ test('AdamW rejects invalid options', () => {
   assert.throws(() => new AdamW([param], { lr: 0.1, betas: [0.9, 1] }), /AdamW: betas\[1\] = 1 is invalid; use a number of at least 0 and below 1/);
   assert.throws(() => new AdamW([param], { lr: 0.1, weightDecay: Number.NaN }), /AdamW: weightDecay = NaN is invalid/);
   assert.throws(() => new AdamW([param, param], { lr: 0.1 }), /AdamW: a parameter is listed twice/);
+  assert.throws(() => new AdamW([param], { lr: 0.1, groupedMaxSize: -1 }), /AdamW: groupedMaxSize = -1 is invalid/);
   const ids = fromHost(new Int32Array(2), [2], 'i32', cpu);
   assert.throws(() => new AdamW([ids], { lr: 0.1 }), /AdamW: parameter .* is not f32/);
 });

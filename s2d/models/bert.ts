@@ -8,6 +8,7 @@ import { Module, ModuleList } from '../../engine/nn/module.ts';
 import { add, gelu, reshape } from '../../engine/ops/index.ts';
 import { slice } from '../../engine/ops/shape.ts';
 import type { Random } from '../../engine/random.ts';
+import { checkpoint } from '../../engine/checkpoint.ts';
 import { fromHost, type Tensor } from '../../engine/tensor.ts';
 
 export interface BertConfig {
@@ -23,6 +24,11 @@ export interface BertConfig {
    * none. Text without type ids uses type 0, as a single-segment HF input does.
    */
   typeVocabSize?: number;
+  /**
+   * Recomputes each block's activations in the backward pass instead of keeping them
+   * (activation checkpointing): less memory for one extra forward per block when training.
+   */
+  checkpointBlocks?: boolean;
 }
 
 export class BertLayer extends Module {
@@ -55,6 +61,8 @@ export class TextEncoder extends Module {
   readonly tokenTypeEmbeddings: Embedding | null;
   readonly embeddingNorm: LayerNorm;
   readonly layers: ModuleList<BertLayer>;
+  /** Checkpoints every block while recording gradients; starts as config.checkpointBlocks. */
+  checkpointBlocks: boolean;
 
   constructor(readonly config: BertConfig, rng: Random) {
     super();
@@ -65,6 +73,7 @@ export class TextEncoder extends Module {
     this.tokenTypeEmbeddings = typeVocabSize > 0 ? this.addModule('embeddings.token_type_embeddings', new Embedding(typeVocabSize, width, rng)) : null;
     this.embeddingNorm = this.addModule('embeddings.LayerNorm', new LayerNorm(width, layerNormEps));
     this.layers = this.addModule('encoder.layer', new ModuleList(Array.from({ length: layers }, () => new BertLayer(config, rng))));
+    this.checkpointBlocks = config.checkpointBlocks ?? false;
   }
 
   /**
@@ -91,7 +100,9 @@ export class TextEncoder extends Module {
       throw new Error('text encoder: token type ids were given, but the encoder has no token type table (typeVocabSize is 0)');
     }
     let x = this.embeddingNorm.forward(add(embedded, positions));
-    for (const layer of this.layers.items) x = layer.forward(x, lengths);
+    for (const layer of this.layers.items) {
+      x = this.checkpointBlocks ? checkpoint((input) => layer.forward(input, lengths), [x], layer.parameters()) : layer.forward(x, lengths);
+    }
     return x;
   }
 }

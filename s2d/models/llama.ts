@@ -11,6 +11,7 @@ import { Module, ModuleList } from '../../engine/nn/module.ts';
 import { add, affine, broadcastTo, gather, matmul, mul, reshape, silu } from '../../engine/ops/index.ts';
 import { concat } from '../../engine/ops/shape.ts';
 import type { Random } from '../../engine/random.ts';
+import { checkpoint } from '../../engine/checkpoint.ts';
 import { fromHost, keep, noGrad, tidy, type Tensor } from '../../engine/tensor.ts';
 
 export interface LlamaConfig {
@@ -31,6 +32,11 @@ export interface LlamaConfig {
    * The two differ by up to one f32 rounding of the angle, which grows with the position.
    */
   ropeFloat32Angles?: boolean;
+  /**
+   * Recomputes each block's activations in the backward pass instead of keeping them
+   * (activation checkpointing): less memory for one extra forward per block when training.
+   */
+  checkpointBlocks?: boolean;
 }
 
 /**
@@ -147,6 +153,8 @@ export class LlamaDecoder extends Module {
   readonly norm: RMSNorm;
   /** Null when the LM head is tied to the token embedding. */
   readonly lmHead: Linear | null;
+  /** Checkpoints every block while recording gradients without a cache; starts as config.checkpointBlocks. */
+  checkpointBlocks: boolean;
 
   constructor(readonly config: LlamaConfig, rng: Random, readonly lora: LoraOptions) {
     super();
@@ -155,6 +163,7 @@ export class LlamaDecoder extends Module {
     this.layers = this.addModule('model.layers', new ModuleList(Array.from({ length: layers }, () => new LlamaLayer(config, rng, lora))));
     this.norm = this.addModule('model.norm', new RMSNorm(width, config.rmsNormEps));
     this.lmHead = config.tieWordEmbeddings ? null : this.addModule('lm_head', new Linear(width, vocabSize, rng, { bias: false }));
+    this.checkpointBlocks = config.checkpointBlocks ?? false;
   }
 
   /** Returns every LoRALinear layer of the blocks. */
@@ -204,7 +213,8 @@ export class LlamaDecoder extends Module {
     const { cos, sin } = noGrad(() => tables(seqLen, headDim, this.config.ropeTheta, offset));
     let x = inputs;
     this.layers.items.forEach((layer, i) => {
-      x = layer.forward(x, cos, sin, cache, i);
+      if (this.checkpointBlocks && !cache) x = checkpoint((input) => layer.forward(input, cos, sin), [x], layer.parameters());
+      else x = layer.forward(x, cos, sin, cache, i);
     });
     if (cache) cache.length += seqLen;
     return this.norm.forward(x);

@@ -10,6 +10,7 @@ import { Module, ModuleList } from '../../engine/nn/module.ts';
 import { add, broadcastTo, gelu, matmul, reshape } from '../../engine/ops/index.ts';
 import { concat, slice } from '../../engine/ops/shape.ts';
 import type { Random } from '../../engine/random.ts';
+import { checkpoint } from '../../engine/checkpoint.ts';
 import { fromHost, parameter, type Tensor } from '../../engine/tensor.ts';
 import { bicubicMatrix, type InterpolationConvention } from './position-interpolation.ts';
 
@@ -29,6 +30,11 @@ export interface VitConfig {
    * (grid + 0.1) / n as the scale factor). See position-interpolation.ts.
    */
   positionInterpolation?: InterpolationConvention;
+  /**
+   * Recomputes each block's activations in the backward pass instead of keeping them
+   * (activation checkpointing): less memory for one extra forward per block when training.
+   */
+  checkpointBlocks?: boolean;
 }
 
 /** Patch rows and columns of one image. */
@@ -73,6 +79,8 @@ export class VisionTransformer extends Module {
   readonly positions: Embedding;
   readonly blocks: ModuleList<VitBlock>;
   readonly norm: LayerNorm;
+  /** Checkpoints every block while recording gradients; starts as config.checkpointBlocks. */
+  checkpointBlocks: boolean;
 
   constructor(readonly config: VitConfig, rng: Random) {
     super();
@@ -86,6 +94,7 @@ export class VisionTransformer extends Module {
     this.positions = this.addModule('position_embeddings', new Embedding(patches + 1, width, rng));
     this.blocks = this.addModule('layers', new ModuleList(Array.from({ length: layers }, () => new VitBlock(config, rng))));
     this.norm = this.addModule('layernorm', new LayerNorm(width, config.layerNormEps));
+    this.checkpointBlocks = config.checkpointBlocks ?? false;
   }
 
   get patchCount(): number {
@@ -140,7 +149,9 @@ export class VisionTransformer extends Module {
     const cls = broadcastTo(this.clsToken, [batch, 1, width]);
     const positions = this.positionEmbeddings({ rows, columns });
     let x = add(concat([cls, embedded], 1), positions);
-    for (const block of this.blocks.items) x = block.forward(x);
+    for (const block of this.blocks.items) {
+      x = this.checkpointBlocks ? checkpoint((input) => block.forward(input), [x], block.parameters()) : block.forward(x);
+    }
     return this.norm.forward(x);
   }
 }

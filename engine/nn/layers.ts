@@ -4,7 +4,9 @@ import { cast } from '../ops/cast.ts';
 import { dropout } from '../ops/dropout.ts';
 import { embedding } from '../ops/embedding.ts';
 import { linear, loraLinear } from '../ops/linear.ts';
-import { frozenLinear } from '../ops/row-chunks.ts';
+import { frozenLinear, rowChunks, rowRange } from '../ops/row-chunks.ts';
+import { slice } from '../ops/shape.ts';
+import { bytesPerElement } from '../dtype.ts';
 import { layerNorm, rmsNorm } from '../ops/norm.ts';
 import type { Random } from '../random.ts';
 import { noGrad, parameter, tidy, type Tensor } from '../tensor.ts';
@@ -116,23 +118,28 @@ export class LoRALinear extends Module {
     this.merged = false;
   }
 
+  /**
+   * W ← W + sign·(alpha/rank)·B·A, in row chunks that fit one binding as f32 (one chunk for
+   * most weights). An f16 base is updated in f32 and rounded back, so each merge or unmerge
+   * adds f16 rounding.
+   */
   private addUpdate(sign: 1 | -1): void {
     const { rank, alpha } = this.lora;
     const weight = this.base.weight;
-    if (weight.size * 4 > weight.device.limits.maxBindingBytes) {
-      throw new Error(
-        `LoRALinear: cannot merge into ${weight.describe()}, which bound as f32 exceeds one storage binding ` +
-          `(${weight.device.limits.maxBindingBytes} bytes); run the layer unmerged`,
-      );
-    }
-    noGrad(() =>
-      tidy(() => {
-        const update = affine(matmul(this.loraB, this.loraA), (sign * alpha) / rank);
-        // An f16 base is updated in f32 and rounded back, so each merge adds f16 rounding.
-        const merged = add(weight.dtype === 'f32' ? weight : cast(weight, 'f32'), update);
-        weight.copyFrom(weight.dtype === 'f32' ? merged : cast(merged, weight.dtype));
-      }),
-    );
+    const { outFeatures, inFeatures } = this.base;
+    const chunks = rowChunks(outFeatures, inFeatures * bytesPerElement(weight.dtype), weight.device.limits, inFeatures * 4);
+    noGrad(() => {
+      for (const chunk of chunks) {
+        tidy(() => {
+          const whole = chunks.length === 1;
+          const rows = whole ? weight : rowRange(weight, chunk.start, chunk.count);
+          const factorB = whole ? this.loraB : slice(this.loraB, 0, chunk.start, chunk.start + chunk.count);
+          const update = affine(matmul(factorB, this.loraA), (sign * alpha) / rank);
+          const merged = add(rows.dtype === 'f32' ? rows : cast(rows, 'f32'), update);
+          rows.copyFrom(rows.dtype === 'f32' ? merged : cast(merged, rows.dtype));
+        });
+      }
+    });
   }
 
   forward(x: Tensor): Tensor {

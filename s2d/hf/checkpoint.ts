@@ -235,14 +235,22 @@ export function isEmbeddingTable(name: string): boolean {
 }
 
 /**
- * Throws before a model is built when one of its weights would not fit the WebGPU device. An
- * embedding table must fit one buffer (maxBufferSize), because the embedding op gathers it in
- * row ranges. Every other weight must fit one binding (maxStorageBufferBindingSize). Weights that
- * `storesF16` selects count 2 bytes per element when `weightDtype` is 'f16'. The error names
- * every such tensor; `s2d plan` gives the whole picture.
+ * Whether a frozen checkpoint tensor is used in row ranges when it is larger than one binding:
+ * every 2-D `.weight` of these models is an embedding table (gathered by rows) or a linear
+ * weight [out, in] (multiplied by `frozenLinear` in row chunks).
  */
-// TODO: hold linear weights to maxBufferSize too once the linear layers multiply through
-// frozenLinear, which splits them. Until then they must fit one binding.
+export function splitsByRows(name: string, shape: readonly number[]): boolean {
+  return shape.length === 2 && name.endsWith('.weight');
+}
+
+/**
+ * Throws before a model is built when one of its weights would not fit the WebGPU device.
+ * Embedding tables and linear weights (see `splitsByRows`) must fit one buffer (maxBufferSize),
+ * because the ops use them in row ranges. Every other weight must fit one binding
+ * (maxStorageBufferBindingSize). Weights that `storesF16` selects count 2 bytes per element
+ * when `weightDtype` is 'f16'. The error names every such tensor; `s2d plan` gives the whole
+ * picture.
+ */
 export function assertWeightsFitDevice(entries: WeightMapEntry[], device: Device, model: string, options: Pick<LoadWeightsOptions, 'weightDtype' | 'storesF16'> = {}): void {
   if (device.kind !== 'webgpu') return;
   const { limits } = (device as WebGpuDevice).device;
@@ -251,8 +259,9 @@ export function assertWeightsFitDevice(entries: WeightMapEntry[], device: Device
   const describe = (entry: WeightMapEntry) => `${entry.hf} [${entry.shape.join(', ')}] (${formatBytes(bytesOf(entry))})`;
   const allocated = (entry: WeightMapEntry) => allocationSize(bytesOf(entry), { maxBindingBytes: limits.maxStorageBufferBindingSize });
 
-  const tooLargeTables = entries.filter((entry) => isEmbeddingTable(entry.hf) && allocated(entry) > limits.maxBufferSize);
-  const tooLarge = entries.filter((entry) => !isEmbeddingTable(entry.hf) && allocated(entry) > binding);
+  const split = (entry: WeightMapEntry) => splitsByRows(entry.hf, entry.shape);
+  const tooLargeTables = entries.filter((entry) => split(entry) && allocated(entry) > limits.maxBufferSize);
+  const tooLarge = entries.filter((entry) => !split(entry) && allocated(entry) > binding);
   const dtypeNote = options.weightDtype === 'f16' ? 'with frozen weights in f16' : 'in f32';
   const problems: string[] = [];
   if (tooLargeTables.length > 0) {

@@ -15,7 +15,7 @@ import type { LlamaConfig } from '../models/llama.ts';
 import type { SmaConfig } from '../models/sma.ts';
 import type { VitConfig } from '../models/vit.ts';
 import { bertWeightMap } from './bert.ts';
-import { formatBytes, isEmbeddingTable } from './checkpoint.ts';
+import { formatBytes, splitsByRows } from './checkpoint.ts';
 import { dinov2WeightMap } from './dinov2.ts';
 import { llamaWeightMap } from './llama.ts';
 
@@ -265,7 +265,7 @@ export function planMemory(models: PlanModels, limits: AdapterLimits, options: P
       problems.push(
         `${group.part} tensor ${group.name} [${group.shape.join(', ')}] needs ${formatBytes(group.bytes)} in ${group.dtype} ` +
           `(a ${formatBytes(group.allocated)} buffer after rounding), more than the adapter's ${limitName} of ${formatBytes(limit)}; ` +
-          (splits ? 'use an adapter that grants a larger buffer' : 'the engine splits only embedding tables across bindings, so use an adapter that grants a larger limit') +
+          (splits ? 'use an adapter that grants a larger buffer' : 'the engine splits only frozen embedding tables and linear weights across bindings, so use an adapter that grants a larger limit') +
           (group.dtype === 'f32' && !group.trainable ? ' or f16 weights' : ''),
       );
     }
@@ -363,11 +363,12 @@ export function planMemory(models: PlanModels, limits: AdapterLimits, options: P
   };
 }
 
-/** Returns whether the group's tensors are gathered in row ranges (frozen embedding tables), so they need one buffer, not one binding. */
-// TODO: count linear weights (lm_head [V, D]) here too once the linear layers multiply through
-// frozenLinear, which splits them. Until then they must fit one binding.
+/**
+ * Returns whether the group's tensors are used in row ranges (frozen embedding tables and
+ * linear weights), so they need one buffer, not one binding.
+ */
 function splitsAcrossBindings(group: TensorGroup): boolean {
-  return !group.trainable && isEmbeddingTable(group.name);
+  return !group.trainable && splitsByRows(group.name, group.shape);
 }
 
 /** Returns the largest allocation the tensors of `group` may have. */
@@ -415,7 +416,7 @@ export function formatMemoryPlan(plan: MemoryPlan, largest = 8): string {
   );
   lines.push(`ViT feature extraction: at most ${plan.visionBatch} per batch (attention scores ${formatBytes(plan.visionScoresPerImage)} per image)`);
   lines.push('');
-  if (plan.problems.length === 0) lines.push('fits: every tensor fits one binding' + (limits.memoryBudget !== undefined ? ' and the total fits the budget' : ''));
+  if (plan.problems.length === 0) lines.push('fits: every tensor fits one binding or is split by rows' + (limits.memoryBudget !== undefined ? ' and the total fits the budget' : ''));
   else lines.push(`does not fit:\n  ${plan.problems.join('\n  ')}`);
   return lines.join('\n');
 }

@@ -15,18 +15,24 @@
 // threads off in Node.
 //
 // Usage: npm run bench:matmul -- [--variants subgroup,blocked,naive] [--large] [--only TEXT] [--no-peers]
-//                                [--no-bounds-checks]
+//                                [--no-bounds-checks] [--tune] [--tuning FILE]
 //   --variants  kernels to time (default: all three, naive only up to 512³)
 //   --large     adds 2048³ and 512×4096 · 4096×4096
 //   --only      times only the shapes whose label contains TEXT, such as 1024
 //   --no-peers  skips the TensorFlow.js backends
 //   --no-bounds-checks  runs our kernels without Dawn's buffer bounds checks (see
 //               InitDeviceOptions.boundsChecks); the peers share the instance, so theirs go too
+//   --tune      times the subgroup kernel's tile sizes for each shape first (engine/autotune.ts)
+//               and uses the fastest; the program column then shows the tuned tile
+//   --tuning FILE  loads tuned tiles from FILE when it was written on this adapter, and with
+//               --tune writes the new table there
 import { cpus, freemem } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { matmulKernel, matmulShape, matmulReference } from '../engine/ops/matmul.ts';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { autotuneMatmul, exportMatmulTuning, importMatmulTuning } from '../engine/autotune.ts';
 import { boundsChecksEnabled, getDawnGpu, initDevice } from '../engine/devices.ts';
 import { defineKernel, type Kernel, type TensorSpec } from '../engine/kernel.ts';
 import { sizeClassOf, type WebGpuDevice } from '../engine/webgpu-device.ts';
@@ -475,6 +481,18 @@ const device = (await initDevice('webgpu', { boundsChecks: args.includes('--no-b
 console.log(`device: ${device.description}; shader bounds checks ${boundsChecksEnabled() ? 'on' : 'off'}`);
 console.log(`runs: median of ${RUNS} after warm-up, each ≥ ${RUN_TARGET_MS} ms of back-to-back dispatches plus one readback\n`);
 
+const tuningArg = args.indexOf('--tuning');
+const tuningFile = tuningArg >= 0 ? args[tuningArg + 1] : null;
+if (tuningFile) {
+  let saved = null;
+  try {
+    saved = JSON.parse(readFileSync(tuningFile, 'utf8'));
+  } catch {
+    console.log(`tuning: ${tuningFile} not read (missing or not JSON); starting from the defaults`);
+  }
+  if (saved) console.log(`tuning: ${importMatmulTuning(device, saved) ? 'loaded' : 'ignored (measured on another adapter)'} ${tuningFile}`);
+}
+
 const notes: string[] = [];
 const skipReasons = new Map<string, string>();
 for (const shape of selectedShapes) {
@@ -483,6 +501,22 @@ for (const shape of selectedShapes) {
     skipReasons.set(shape.label, reason);
     notes.push(`${shape.label}: skipped, because ${reason}`);
   }
+}
+
+if (args.includes('--tune')) {
+  const tunable = selectedShapes.filter((shape) => !skipReasons.has(shape.label) && shape.a.length === 2);
+  console.log(`tuning ${tunable.length} shapes (interleaved rounds; a tile must beat the default by 5 %):`);
+  await autotuneMatmul(
+    device,
+    tunable.map((shape) => matmulShape(...problemOf(shape).specs as [TensorSpec, TensorSpec], problemOf(shape).params).shape),
+    { log: (line) => console.log(`  ${line}`) },
+  );
+  if (tuningFile) {
+    writeFileSync(`${tuningFile}.tmp`, `${JSON.stringify(exportMatmulTuning(device), null, 2)}\n`);
+    renameSync(`${tuningFile}.tmp`, tuningFile);
+    console.log(`tuning: wrote ${tuningFile}`);
+  }
+  console.log('');
 }
 
 const header = ['shape', 'program', 'ms/matmul', 'GFLOP/s (median)', 'min–max', 'max |diff| vs CPU', 'other load', 'discarded'];

@@ -133,6 +133,7 @@ export class WebGpuDevice implements Device {
       maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
       maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
       maxComputeWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
+      matmulTiles: new Map(),
     };
     this.limits = {
       maxBindingBytes: Math.min(limits.maxStorageBufferBindingSize, options.maxBindingBytes ?? Infinity),

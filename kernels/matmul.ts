@@ -29,7 +29,7 @@
 //   partial product to C viewed as [S, batch, M, N]. sumSlicesProgram then adds the slices
 //   in a fixed order, so results are bitwise equal from run to run (no float atomics).
 //   Split-K cannot be combined with the other extras.
-import type { WgslProgram, DeviceCaps } from './types.ts';
+import type { WgslProgram, DeviceCaps, MatmulTile } from './types.ts';
 import { entry1d, flatIndex, grid1d, MAX_WORKGROUPS_PER_DIMENSION, storageBinding, uniformBinding } from './common.ts';
 import { WGSL_ERF } from './elementwise.ts';
 import { FIRST, loadersA, loadersB, maskedLoaders, rowsPerLoad, SECOND, type LayoutA, type LayoutB, type Segment } from './matmul-loaders.ts';
@@ -142,8 +142,11 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulF
   const { M, N, K, transA, transB, strideA, strideB } = shape;
   const { second } = fusion;
 
-  // The subgroup variant's workgroup is a multiple of the largest subgroup size.
-  const subgroupWorkgroupSize = Math.max(WORKGROUP_SIZE, caps.subgroupMaxSize);
+  // The subgroup variant's workgroup is a multiple of the largest subgroup size. A tile tuned
+  // for this adapter and shape class replaces the defaults.
+  const tuned = caps.matmulTiles?.get(matmulTileKey(shape));
+  const subgroupWorkgroupSize = tuned && validTile(tuned, caps) ? tuned.workgroupSize : Math.max(WORKGROUP_SIZE, caps.subgroupMaxSize);
+  const subgroupRows = tuned && validTile(tuned, caps) ? tuned.rows : SUBGROUP_ROWS;
   const subgroupsUsable =
     caps.subgroups &&
     caps.subgroupMinSize > 1 &&
@@ -152,7 +155,7 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulF
 
   // Fewer rows per workgroup for small M (M = 1 when decoding), so that lanes do not compute
   // rows that do not exist.
-  const rows = Math.min(subgroupsUsable ? SUBGROUP_ROWS : BLOCKED_ROWS, nextPowerOfTwo(M));
+  const rows = Math.min(subgroupsUsable ? subgroupRows : BLOCKED_ROWS, nextPowerOfTwo(M));
 
   // Both segments share one row-loading scheme, and A2 loads one row per value, so a second
   // segment rules out 'trans4' for A.
@@ -188,6 +191,30 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulF
     preActivation: fusion.preActivation ?? false,
     splitK: (fusion.splitK ?? 1) > 1,
   };
+}
+
+/**
+ * The shape class that a tuned tile applies to: the transposes and M, N and K rounded up to a
+ * power of two (M from 1 to 1024, N and K from 16 to 4096; larger sizes share the last class).
+ */
+export function matmulTileKey(shape: Pick<MatmulShape, 'M' | 'N' | 'K' | 'transA' | 'transB'>): string {
+  const bucket = (size: number, low: number, high: number) => Math.min(Math.max(nextPowerOfTwo(size), low), high);
+  const transposes = `${shape.transA ? 't' : 'n'}${shape.transB ? 't' : 'n'}`;
+  return `${transposes}:m${bucket(shape.M, 1, 1024)}:n${bucket(shape.N, 16, 4096)}:k${bucket(shape.K, 16, 4096)}`;
+}
+
+/**
+ * Whether the subgroup variant can use `tile` on an adapter with `caps`: rows a power of two
+ * from 4 to 64, and a workgroup that splits into whole subgroups and fits the limits.
+ */
+export function validTile(tile: MatmulTile, caps: DeviceCaps): boolean {
+  const { rows, workgroupSize } = tile;
+  const powerOfTwo = (value: number) => Number.isInteger(value) && value > 0 && (value & (value - 1)) === 0;
+  return (
+    powerOfTwo(rows) && rows >= 4 && rows <= 64 &&
+    Number.isInteger(workgroupSize) && workgroupSize % caps.subgroupMaxSize === 0 &&
+    workgroupSize <= caps.maxComputeInvocationsPerWorkgroup && workgroupSize <= caps.maxComputeWorkgroupSizeX
+  );
 }
 
 /** Generates the subgroup variant when `caps` has subgroups, else the blocked variant. */

@@ -13,6 +13,17 @@ export interface DeviceCaps {
   maxComputeInvocationsPerWorkgroup: number;
   maxComputeWorkgroupStorageSize: number;
   maxComputeWorkgroupsPerDimension: number;
+  /**
+   * Tile sizes chosen for this adapter by timing (engine/autotune.ts), by matmul shape class
+   * (see matmulTileKey in kernels/matmul.ts). Missing entries use the built-in defaults.
+   */
+  matmulTiles?: Map<string, MatmulTile>;
+}
+
+/** Tile sizes of the subgroup matmul kernel: rows of C per workgroup and lanes per workgroup. */
+export interface MatmulTile {
+  rows: number;
+  workgroupSize: number;
 }
 
 export type ParamType = 'u32' | 'i32' | 'f32';

@@ -1,6 +1,8 @@
-// Softmax over the last axis.
+// Softmax and log-softmax over the last axis.
 //
-// Shapes: x [..., C] → y [..., C]; each row of C values sums to 1.
+// Shapes: x [..., C] → y [..., C]; each row of softmax sums to 1, and log-softmax is its
+// logarithm, computed as x − max − log Σ exp(x − max) so it stays finite where softmax
+// underflows to 0.
 import { softmaxBackwardProgram, softmaxProgram } from '../../kernels/softmax.ts';
 import { shapeString, sizeOf } from '../dtype.ts';
 import { defineKernel, type TensorSpec } from '../kernel.ts';
@@ -24,13 +26,18 @@ function assertSameShape(op: string, name: string, spec: TensorSpec, expected: T
 
 // ---------- kernels ----------
 
-export const softmaxKernel = defineKernel<Record<string, never>>({
+/** `log`: log-softmax instead of softmax. */
+interface SoftmaxParams {
+  log?: boolean;
+}
+
+export const softmaxKernel = defineKernel<SoftmaxParams>({
   name: 'softmax',
   outputs([x]) {
     splitLastAxis('softmax', x.shape);
     return [{ shape: x.shape, dtype: 'f32' }];
   },
-  cpu([x], [y], [sx]) {
+  cpu([x], [y], [sx], { log }) {
     const { rows, C } = splitLastAxis('softmax', sx.shape);
     for (let row = 0; row < rows; row++) {
       const base = row * C;
@@ -38,35 +45,39 @@ export const softmaxKernel = defineKernel<Record<string, never>>({
       for (let c = 0; c < C; c++) max = Math.max(max, x[base + c]);
       let total = 0;
       for (let c = 0; c < C; c++) total += Math.exp(x[base + c] - max);
-      for (let c = 0; c < C; c++) y[base + c] = Math.exp(x[base + c] - max) / total;
+      const shift = max + Math.log(total);
+      for (let c = 0; c < C; c++) y[base + c] = log ? x[base + c] - shift : Math.exp(x[base + c] - max) / total;
     }
   },
-  wgsl([x]) {
+  wgsl([x], { log }) {
     const { rows, C } = splitLastAxis('softmax', x.shape);
-    return softmaxProgram(rows, C);
+    return softmaxProgram(rows, C, log);
   },
 });
 
-/** Inputs: y (the forward output), dy. Output: dx = y · (dy − Σ dy·y) per row. */
-export const softmaxBackwardKernel = defineKernel<Record<string, never>>({
+/**
+ * Inputs: y (the forward output), dy. Output: dx = y · (dy − Σ dy·y) per row, or for
+ * log-softmax dx = dy − exp(y) · Σ dy.
+ */
+export const softmaxBackwardKernel = defineKernel<SoftmaxParams>({
   name: 'softmax_backward',
   outputs([y, dy]) {
     splitLastAxis('softmax_backward', y.shape);
     assertSameShape('softmax_backward', 'dy', dy, y);
     return [{ shape: y.shape, dtype: 'f32' }];
   },
-  cpu([y, dy], [dx], [sy]) {
+  cpu([y, dy], [dx], [sy], { log }) {
     const { rows, C } = splitLastAxis('softmax_backward', sy.shape);
     for (let row = 0; row < rows; row++) {
       const base = row * C;
       let dot = 0;
-      for (let c = 0; c < C; c++) dot += dy[base + c] * y[base + c];
-      for (let c = 0; c < C; c++) dx[base + c] = y[base + c] * (dy[base + c] - dot);
+      for (let c = 0; c < C; c++) dot += log ? dy[base + c] : dy[base + c] * y[base + c];
+      for (let c = 0; c < C; c++) dx[base + c] = log ? dy[base + c] - Math.exp(y[base + c]) * dot : y[base + c] * (dy[base + c] - dot);
     }
   },
-  wgsl([y]) {
+  wgsl([y], { log }) {
     const { rows, C } = splitLastAxis('softmax_backward', y.shape);
-    return softmaxBackwardProgram(rows, C);
+    return softmaxBackwardProgram(rows, C, log);
   },
 });
 
@@ -80,4 +91,11 @@ export function softmax(x: Tensor): Tensor {
   assertDtype('softmax', x, 'f32');
   const y = runKernel(softmaxKernel, [x], {})[0];
   return record(y, [x], (g) => accumulateGradInto(x, runKernel(softmaxBackwardKernel, [y, g], {})[0]));
+}
+
+/** Log-softmax over the last axis: x − max − log Σ exp(x − max), finite where softmax underflows. */
+export function logSoftmax(x: Tensor): Tensor {
+  assertDtype('logSoftmax', x, 'f32');
+  const y = runKernel(softmaxKernel, [x], { log: true })[0];
+  return record(y, [x], (g) => accumulateGradInto(x, runKernel(softmaxBackwardKernel, [y, g], { log: true })[0]));
 }

@@ -1,5 +1,5 @@
-// Times one training step of the tiny preset's decoder (causal LM) and of PAG stage 1, and
-// counts the kernel dispatches each records.
+// Times one training step of the tiny preset's decoder (causal LM, then LoRA only) and of PAG
+// stage 1, and counts the kernel dispatches each records.
 // Usage: npm run bench:step [-- --device cpu] [-- --no-bounds-checks]
 import { boundsChecksEnabled, initDevice } from '../engine/devices.ts';
 import { AdamW } from '../engine/optim.ts';
@@ -75,9 +75,19 @@ const decoderBase = model.decoder.parameters().filter((p) => !model.decoder.lora
 await timeSteps('decoder causal-LM step', decoderBase, () =>
   model.reportLoss(null, fromHost(ids, [batch, length]), fromHost(targets, [batch, length])),
 );
+model.decoder.setLoraEnabled(true);
+model.decoder.train();
+await timeSteps('decoder LoRA step (LoRA factors trained, dropout on)', model.decoder.loraParameters(), () =>
+  model.reportLoss(null, fromHost(ids, [batch, length]), fromHost(targets, [batch, length])),
+);
+model.decoder.eval();
 model.decoder.setLoraEnabled(false);
 await timeSteps('PAG stage 1 step', stageParameters(model, 1), () => {
   const context = model.context(1, fromHost(features, [batch, tokens, config.vision.hiddenSize]));
   return model.reportLoss(context, fromHost(ids, [batch, length]), fromHost(targets, [batch, length]));
 });
+if (device instanceof WebGpuDevice) {
+  const compiled = device.compileStats();
+  console.log(`shader pipelines: ${compiled.pipelines} compiled in ${compiled.milliseconds.toFixed(0)} ms (JavaScript-side time)`);
+}
 process.exit(0);

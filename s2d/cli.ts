@@ -5,9 +5,10 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { initDevice, type DeviceKind, type InitDeviceOptions } from '../engine/devices.ts';
 import { fromHost, noGrad } from '../engine/tensor.ts';
+import { WebGpuDevice } from '../engine/webgpu-device.ts';
 import { fileSource, writeFileAtomic, writeTextAtomic } from '../weights/node-files.ts';
 import { CONFIG_FILE, encodeModel, parseSavedConfig, VOCAB_FILE, WEIGHTS_FILE, type SavedConfig } from './checkpoint.ts';
-import { parseStages, PRESETS } from './config.ts';
+import { parseStages, PRESETS, withCheckpointBlocks, type S2DConfig } from './config.ts';
 import { loadImage } from './data/image.ts';
 import { nodeFiles } from './data/node-files.ts';
 import { Vocabulary } from './data/vocab.ts';
@@ -35,20 +36,31 @@ Usage:
                      of their peak learning rates. A stage may appear at most once
       --no-bounds-checks  drops Dawn's per-access buffer bounds checks from shaders (Node only;
                      faster on CPU Vulkan drivers, but a kernel bug can corrupt memory)
-  s2d train --preset paper --vision DIR --text DIR --llm DIR --data DIR --out DIR [--llm-tokenizer PATH] [--text-tokenizer PATH]
+      --checkpoint-blocks  recomputes each transformer block's activations in the backward pass
+                     instead of keeping them (activation checkpointing): less memory for about
+                     one more forward pass of those blocks per step. It applies where gradients
+                     flow through the blocks: the decoder, and the text encoder in the tiny
+                     preset's pretraining. The ViT runs without gradients, so it is unchanged.
+                     Saved in config.json
+  s2d train --preset paper --vision DIR --text DIR --llm DIR --data DIR --out DIR [--weights f16|f32] [--llm-tokenizer PATH] [--text-tokenizer PATH]
       Trains around Hugging Face checkpoints, after checking the memory plan against the adapter;
-      --device, --epoch-scale and --batch-size work as above.
+      --device, --epoch-scale, --batch-size, --stages and --checkpoint-blocks work as above.
       --vision          Dinov2Model folder (Rad-DINO); its image size and preprocessor_config.json
                         image_mean/image_std set the image input
       --text            BERT folder (CXR-BERT); its tokenizer.json or vocab.txt encodes the text
       --llm             LlamaForCausalLM folder (Vicuna-7B v1.5); its tokenizer.json encodes reports
+      --weights         storage of the frozen linear weights, word embeddings and lm_head of the
+                        three checkpoints: f16 (the default, as Vicuna ships) or f32; norms,
+                        biases, position embeddings and everything trained stay f32. Saved in
+                        config.json, so "s2d generate" loads the base the same way
       --llm-tokenizer   tokenizer.json (or a folder with one) in place of the --llm folder's
       --text-tokenizer  tokenizer.json or vocab.txt (or a folder) in place of the --text folder's
       --out then contains the trained parts only: model.safetensors (memory bank, SMA adapters),
       adapter/ (LoRA in PEFT's layout), tokenizer.json and config.json naming the three folders.
   s2d generate --model DIR --image FILE [--max-tokens N] [--device auto|webgpu|cpu] [--no-bounds-checks]
       Writes a report for one PNG or JPEG chest X-ray with a model saved by "s2d train". For a
-      paper-mode model the frozen base is loaded from the folders named in its config.json.
+      paper-mode model the frozen base is loaded from the folders named in its config.json, in
+      the weight dtype recorded there (f32 when config.json has none).
   s2d export --model DIR --out DIR [--f16]
       Writes the inference-only model folder that the browser page loads (--f16: F16 weights).
   s2d tokenize --tokenizer PATH (--text STRING [--bos] | --decode --ids JSON)
@@ -59,7 +71,8 @@ Usage:
   s2d convert --in FILE.bin --out FILE.safetensors
       Converts a PyTorch checkpoint to safetensors without running code from it.
   s2d plan --preset paper [--vision DIR --text DIR --llm DIR] [--weights f16|f32] [--max-binding SIZE] [--memory SIZE]
-      Prints the memory plan of the paper-size model for an adapter's limits (--help: all options).
+      Prints the memory plan of the paper-size model for an adapter's limits, with the frozen
+      weights stored as "s2d train --weights" stores them (default f16; --help: all options).
   s2d check-hf (--vision DIR | --text DIR | --llm DIR) [--device auto|webgpu|cpu]
       Loads a Hugging Face Dinov2, BERT or LLaMA folder and runs one forward pass on a dummy input.
   s2d help
@@ -111,6 +124,8 @@ async function train(args: string[]): Promise<number> {
       llm: { type: 'string' },
       'llm-tokenizer': { type: 'string' },
       'text-tokenizer': { type: 'string' },
+      weights: { type: 'string' },
+      'checkpoint-blocks': { type: 'boolean' },
     },
   });
   if (!values.data) return fail('train needs --data DIR (a folder with annotation.json and images/)');
@@ -129,7 +144,10 @@ async function train(args: string[]): Promise<number> {
       return fail((error as Error).message);
     }
   }
-  const config = { ...preset, training: { ...preset.training, batchSize, stages } };
+  if (values.weights !== undefined && values.weights !== 'f16' && values.weights !== 'f32') return fail(`--weights ${values.weights} is invalid; use f16 or f32`);
+  let config: S2DConfig = { ...preset, training: { ...preset.training, batchSize, stages } };
+  if (values.weights !== undefined) config.weightDtype = values.weights;
+  if (values['checkpoint-blocks']) config = withCheckpointBlocks(config);
 
   const paper = { vision: values.vision, text: values.text, llm: values.llm, llmTokenizer: values['llm-tokenizer'], textTokenizer: values['text-tokenizer'] };
   const paperMode = values.preset === 'paper';
@@ -144,6 +162,7 @@ async function train(args: string[]): Promise<number> {
       '--llm': paper.llm,
       '--llm-tokenizer': paper.llmTokenizer,
       '--text-tokenizer': paper.textTokenizer,
+      '--weights': values.weights,
     };
     const given = Object.keys(paperOptions).filter((option) => paperOptions[option] !== undefined);
     if (given.length > 0) return fail(`${given.join(', ')}: only valid with --preset paper`);
@@ -181,6 +200,10 @@ async function train(args: string[]): Promise<number> {
   }
   const minutes = (performance.now() - started) / 60000;
   progress.log(`\nsaved the model to ${outDir} (${written.join(', ')}); total time ${minutes.toFixed(1)} min`);
+  if (device instanceof WebGpuDevice) {
+    const compiled = device.compileStats();
+    progress.log(`shader pipelines: ${compiled.pipelines} compiled, ${(compiled.milliseconds / 1000).toFixed(1)} s of the total`);
+  }
   progress.log(`next: node scripts/s2d.mjs generate --model ${values.out} --image FILE`);
   return 0;
 }

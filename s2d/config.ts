@@ -1,5 +1,6 @@
 // Model and training configuration, with the `tiny` preset that trains on two CPU cores and
 // the `paper` preset (s2d/hf/paper.ts) built from Hugging Face checkpoints.
+import type { WeightDtype } from './hf/checkpoint.ts';
 import type { BertConfig } from './models/bert.ts';
 import type { LlamaConfig } from './models/llama.ts';
 import type { VitConfig } from './models/vit.ts';
@@ -25,6 +26,12 @@ export interface StageConfig {
 
 export interface S2DConfig {
   preset: string;
+  /**
+   * Storage of the frozen checkpoint weights in paper mode: with 'f16', the linear weights and
+   * word embeddings of the three checkpoints and LLaMA's lm_head. Absent means f32. The tiny
+   * preset builds its models at random and does not read it.
+   */
+  weightDtype?: WeightDtype;
   vision: VitConfig;
   text: Omit<BertConfig, 'vocabSize'>;
   decoder: Omit<LlamaConfig, 'vocabSize'>;
@@ -86,6 +93,22 @@ export const TINY: S2DConfig = {
     seed: 1234,
   },
 };
+
+/**
+ * Returns `config` with checkpointBlocks set on its vision, text and decoder sections, so the
+ * models recompute each block's activations in backward instead of keeping them. It takes
+ * effect in the decoder and in the tiny preset's text-encoder pretraining. A frozen model whose
+ * inputs need no gradient records no graph, so the ViT (its features are extracted before
+ * training) and the text encoder during PAG stages run as before.
+ */
+export function withCheckpointBlocks(config: S2DConfig): S2DConfig {
+  return {
+    ...config,
+    vision: { ...config.vision, checkpointBlocks: true },
+    text: { ...config.text, checkpointBlocks: true },
+    decoder: { ...config.decoder, checkpointBlocks: true },
+  };
+}
 
 /** Returns a copy of a model config without vocabSize, which S2DConfig leaves to the tokenizer or checkpoint. */
 export function withoutVocabSize<T extends { vocabSize: number }>(config: T): Omit<T, 'vocabSize'> {

@@ -290,17 +290,20 @@ test('loader reports a folder without weights', async () => {
   }
 });
 
-test('weights larger than a binding are rejected', async () => {
+test('weights larger than a buffer are rejected, larger than a binding split', async () => {
   const config = parseLlamaConfig(JSON.parse(await fixtureConfig('llama')));
-  // A stand-in for a WebGPU device with 12 KiB bindings. The MLP weights [88, 48] (16.5 KiB,
-  // a 20 KiB size class) do not fit, the [61, 48] tables (11.4 KiB, a 12 KiB class) do.
-  const smallAdapter = { kind: 'webgpu', device: { limits: { maxStorageBufferBindingSize: 12288, maxBufferSize: 1 << 20 } } } as unknown as Device;
+  const adapter = (maxStorageBufferBindingSize: number, maxBufferSize: number) =>
+    ({ kind: 'webgpu', device: { limits: { maxStorageBufferBindingSize, maxBufferSize } } }) as unknown as Device;
+  // With 12 KiB bindings the MLP weights [88, 48] (16.5 KiB, a 20 KiB size class) are split
+  // by rows, so a 1 MiB buffer limit lets every weight through.
+  assert.not.throws(() => assertWeightsFitDevice(llamaWeightMap(config), adapter(12288, 1 << 20), 'LLaMA'));
+  // A 16 KiB buffer limit holds the [61, 48] tables (11.4 KiB) but not the MLP weights.
   try {
-    assertWeightsFitDevice(llamaWeightMap(config), smallAdapter, 'LLaMA');
-    assert.unreachable('weights larger than the binding limit passed');
+    assertWeightsFitDevice(llamaWeightMap(config), adapter(12288, 16384), 'LLaMA');
+    assert.unreachable('weights larger than the buffer limit passed');
   } catch (error) {
     const message = (error as Error).message;
-    assert.match(message, "LLaMA: 6 weights exceed this adapter's binding limit of 12.0 KiB in f32");
+    assert.match(message, "LLaMA: 6 embedding tables or linear weights exceed this adapter's maxBufferSize of 16.0 KiB in f32");
     assert.match(message, 'model.layers.0.mlp.gate_proj.weight [88, 48] (16.5 KiB)');
     assert.match(message, '(2 more)');
     assert.not.match(message, 'embed_tokens');

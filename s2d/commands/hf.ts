@@ -20,7 +20,7 @@ import { patchify } from '../models/vit.ts';
 const PLAN_USAGE = `usage: s2d plan --preset paper [--vision DIR] [--text DIR] [--llm DIR] [--weights f16|f32] [--stage 1|2|3]
                 [--max-binding SIZE] [--max-buffer SIZE] [--memory SIZE] [--adapter]
   --vision, --text, --llm  HF checkpoint folders whose config.json replaces the preset's model
-  --weights     storage of the frozen weights (default f16; the engine stores f32 today)
+  --weights     storage of the frozen weights, as "s2d train --preset paper --weights" sets it (default f16)
   --stage       PAG stage to plan for (default 3, the largest context and trainable set)
   --max-binding maxStorageBufferBindingSize, e.g. 128MiB or 2GiB (default 128MiB, the WebGPU default)
   --max-buffer  maxBufferSize (default 256MiB, the WebGPU default)

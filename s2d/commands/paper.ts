@@ -5,7 +5,8 @@
 //   model.safetensors   memory bank and SMA adapters (the trained parts), f32
 //   adapter/            the decoder's LoRA as a PEFT adapter (after a stage ≥ 2 has run)
 //   tokenizer.json      a copy of the decoder tokenizer used in training
-// The frozen base is not saved again: `s2d generate` loads it from the recorded folders.
+// The frozen base is not saved again: `s2d generate` loads it from the recorded folders, in the
+// dtype that config.weightDtype records.
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Device } from '../../engine/device.ts';

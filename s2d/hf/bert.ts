@@ -3,7 +3,7 @@
 // (pooler, masked-LM, CXR-BERT's projection) are not loaded.
 import { getDevice } from '../../engine/devices.ts';
 import { TextEncoder, type BertConfig } from '../models/bert.ts';
-import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightMapEntry } from './checkpoint.ts';
+import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
 
 /** Parses a BERT config.json; absent fields take BertConfig's defaults. */
 export function parseBertConfig(config: Record<string, unknown>, where = 'config.json'): BertConfig {
@@ -79,15 +79,36 @@ export interface LoadedBert {
   config: BertConfig;
 }
 
+export interface BertLoadOptions {
+  /**
+   * Storage of the frozen linear weights and the word embeddings (default f32). Norms, biases,
+   * position and token type embeddings stay f32.
+   */
+  weightDtype?: WeightDtype;
+  /** Sets checkpointBlocks in the encoder's config (see BertConfig). */
+  checkpointBlocks?: boolean;
+}
+
+const BERT_HALF_LINEAR = /^encoder\.layer\.\d+\.(attention\.(q_proj|k_proj|v_proj|out_proj)|intermediate|output)\.weight$/;
+
+/** Our BERT parameters that may be stored as f16: the word embeddings and the linear weights. */
+export function isBertHalfWeight(ours: string): boolean {
+  return ours === 'embeddings.word_embeddings.weight' || BERT_HALF_LINEAR.test(ours);
+}
+
 /** Builds a TextEncoder from an HF BERT folder and loads its weights (frozen, eval mode). */
-export async function loadBert(folder: CheckpointFolder): Promise<LoadedBert> {
-  const config = parseBertConfig(await readHfConfig(folder), `${folder.name}/config.json`);
-  assertWeightsFitDevice(bertWeightMap(config), getDevice(), 'BERT');
+export async function loadBert(folder: CheckpointFolder, options: BertLoadOptions = {}): Promise<LoadedBert> {
+  const config: BertConfig = {
+    ...parseBertConfig(await readHfConfig(folder), `${folder.name}/config.json`),
+    ...(options.checkpointBlocks ? { checkpointBlocks: true } : {}),
+  };
+  const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: isBertHalfWeight };
+  assertWeightsFitDevice(bertWeightMap(config), getDevice(), 'BERT', storage);
   const weights = await openHfWeights(folder);
   const model = new TextEncoder(config, new ZeroRandom());
   try {
     const prefix = weights.names().includes('bert.embeddings.word_embeddings.weight') ? 'bert.' : '';
-    await loadWeightMap(model, bertWeightMap(config, prefix), weights, { model: 'BERT', ignored: (name) => isIgnoredBertTensor(name, prefix) });
+    await loadWeightMap(model, bertWeightMap(config, prefix), weights, { model: 'BERT', ignored: (name) => isIgnoredBertTensor(name, prefix), ...storage });
   } catch (error) {
     model.dispose();
     throw error;

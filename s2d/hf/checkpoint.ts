@@ -265,7 +265,7 @@ export function assertWeightsFitDevice(entries: WeightMapEntry[], device: Device
   const dtypeNote = options.weightDtype === 'f16' ? 'with frozen weights in f16' : 'in f32';
   const problems: string[] = [];
   if (tooLargeTables.length > 0) {
-    problems.push(`${tooLargeTables.length} embedding tables exceed this adapter's maxBufferSize of ${formatBytes(limits.maxBufferSize)} ${dtypeNote}: ${listNames(tooLargeTables.map(describe), 4)}`);
+    problems.push(`${tooLargeTables.length} embedding tables or linear weights exceed this adapter's maxBufferSize of ${formatBytes(limits.maxBufferSize)} ${dtypeNote}: ${listNames(tooLargeTables.map(describe), 4)}`);
   }
   if (tooLarge.length > 0) {
     problems.push(`${tooLarge.length} weights exceed this adapter's binding limit of ${formatBytes(binding)} ${dtypeNote}: ${listNames(tooLarge.map(describe), 4)}`);
@@ -273,7 +273,7 @@ export function assertWeightsFitDevice(entries: WeightMapEntry[], device: Device
   if (problems.length === 0) return;
   throw new Error(
     `${model}: ${problems.join('; ')}; ` +
-      'only embedding tables are split across bindings, so use an adapter with a larger maxStorageBufferBindingSize or maxBufferSize, or f16 weights (see "s2d plan")',
+      'only embedding tables and linear weights are split across bindings, so use an adapter with a larger maxStorageBufferBindingSize or maxBufferSize, or f16 weights (see "s2d plan")',
   );
 }
 

@@ -8,7 +8,7 @@
 import { getDevice } from '../../engine/devices.ts';
 import type { InterpolationConvention } from '../models/position-interpolation.ts';
 import { VisionTransformer, type VitConfig } from '../models/vit.ts';
-import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightMapEntry } from './checkpoint.ts';
+import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
 
 /** Parses a Dinov2 config.json; absent fields take Dinov2Config's defaults. */
 export function parseDinov2Config(config: Record<string, unknown>, where = 'config.json'): VitConfig {
@@ -89,6 +89,20 @@ export interface LoadedDinov2 {
 export interface Dinov2Options {
   /** Position-embedding resize rule for other image sizes (default 'size', current HF). */
   positionInterpolation?: InterpolationConvention;
+  /**
+   * Storage of the frozen linear weights, the patch projection included (default f32). Norms,
+   * biases, LayerScale factors, position embeddings and the CLS token stay f32.
+   */
+  weightDtype?: WeightDtype;
+  /** Sets checkpointBlocks in the ViT's config (see VitConfig). */
+  checkpointBlocks?: boolean;
+}
+
+const DINOV2_HALF_LINEAR = /^layers\.\d+\.(attention\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)\.weight$/;
+
+/** Our Dinov2 parameters that may be stored as f16: the patch projection and the linear weights of the blocks. */
+export function isDinov2HalfWeight(ours: string): boolean {
+  return ours === 'patch_embed.weight' || DINOV2_HALF_LINEAR.test(ours);
 }
 
 /** Builds a VisionTransformer from an HF Dinov2 folder and loads its weights (frozen, eval mode). */
@@ -96,13 +110,15 @@ export async function loadDinov2(folder: CheckpointFolder, options: Dinov2Option
   const config: VitConfig = {
     ...parseDinov2Config(await readHfConfig(folder), `${folder.name}/config.json`),
     positionInterpolation: options.positionInterpolation ?? 'size',
+    ...(options.checkpointBlocks ? { checkpointBlocks: true } : {}),
   };
-  assertWeightsFitDevice(dinov2WeightMap(config), getDevice(), 'Dinov2');
+  const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: isDinov2HalfWeight };
+  assertWeightsFitDevice(dinov2WeightMap(config), getDevice(), 'Dinov2', storage);
   const weights = await openHfWeights(folder);
   const model = new VisionTransformer(config, new ZeroRandom());
   try {
     const prefix = weights.names().includes('dinov2.embeddings.cls_token') ? 'dinov2.' : '';
-    await loadWeightMap(model, dinov2WeightMap(config, prefix), weights, { model: 'Dinov2', ignored: (name) => isIgnoredDinov2Tensor(name, prefix) });
+    await loadWeightMap(model, dinov2WeightMap(config, prefix), weights, { model: 'Dinov2', ignored: (name) => isIgnoredDinov2Tensor(name, prefix), ...storage });
   } catch (error) {
     model.dispose();
     throw error;

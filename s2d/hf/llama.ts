@@ -107,10 +107,11 @@ export interface LlamaLoadOptions {
   seed?: number;
   /**
    * Storage of the frozen projection weights, the token embedding and lm_head (default f32);
-   * norms and LoRA factors stay f32. NOTE: with 'f16' the linear layers need an f32 weight per
-   * matmul, which they get only when they multiply through frozenLinear or withF32.
+   * norms and LoRA factors stay f32. A tied token embedding stays f32 too (see llamaHalfWeights).
    */
   weightDtype?: WeightDtype;
+  /** Sets checkpointBlocks in the decoder's config (see LlamaConfig). */
+  checkpointBlocks?: boolean;
 }
 
 /** Our LLaMA parameters that may be stored as f16: projections, token embedding, lm_head. */
@@ -119,14 +120,29 @@ export function isLlamaHalfWeight(ours: string): boolean {
 }
 
 /**
+ * Returns the f16 predicate for a decoder of `config`: isLlamaHalfWeight, less the token
+ * embedding when it is tied to the output layer, because the tied logits multiply the table
+ * with `matmul`, which reads f32 only.
+ */
+function llamaHalfWeights(config: LlamaConfig): (ours: string) => boolean {
+  if (!config.tieWordEmbeddings) return isLlamaHalfWeight;
+  return (ours) => ours !== 'model.embed_tokens.weight' && isLlamaHalfWeight(ours);
+}
+
+/**
  * Builds a LlamaDecoder from an HF LLaMA folder and loads its weights. Base weights are frozen
  * (requiresGrad false); the LoRA factors require gradients and are switched off.
  */
 export async function loadLlama(folder: CheckpointFolder, options: LlamaLoadOptions = {}): Promise<LoadedLlama> {
-  const config = parseLlamaConfig(await readHfConfig(folder), `${folder.name}/config.json`);
-  const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: isLlamaHalfWeight };
+  const config: LlamaConfig = {
+    ...parseLlamaConfig(await readHfConfig(folder), `${folder.name}/config.json`),
+    ...(options.checkpointBlocks ? { checkpointBlocks: true } : {}),
+  };
+  const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: llamaHalfWeights(config) };
   assertWeightsFitDevice(llamaWeightMap(config), getDevice(), 'LLaMA', storage);
   const weights = await openHfWeights(folder);
+  // TODO: every parameter is allocated in f32 here before loadWeightMap swaps in the f16 copies,
+  // so loading with weightDtype 'f16' still peaks at the f32 size (about 25 GiB for Vicuna-7B).
   const model = new LlamaDecoder(config, new ZeroRandom(), options.lora ?? PAPER_LORA);
   try {
     await loadWeightMap(model, llamaWeightMap(config), weights, {

@@ -85,19 +85,22 @@ async function readImageNormalisation(folder: CheckpointFolder): Promise<{ image
 
 /**
  * Returns the preset with the checkpoints' model sections and image normalisation in place of
- * its own. The SMA MLP keeps the preset's ratio to the memory width (3072 / 768 = 4 in the
- * `paper` preset), so it is 3072 wide for Rad-DINO and scales with a ViT of another width.
+ * its own. Each section keeps the preset's checkpointBlocks. The SMA MLP keeps the preset's
+ * ratio to the memory width (3072 / 768 = 4 in the `paper` preset), so it is 3072 wide for
+ * Rad-DINO and scales with a ViT of another width.
  */
 export function paperModelConfig(preset: S2DConfig, configs: PaperConfigs): S2DConfig {
   const data = { ...preset.data };
   if (configs.imageMean) data.imageMean = configs.imageMean;
   if (configs.imageStd) data.imageStd = configs.imageStd;
   const mlpWidth = Math.round((preset.memory.mlpWidth / preset.vision.hiddenSize) * configs.vision.hiddenSize);
+  // Set only when true, so a section compares equal to one saved without the field.
+  const checkpointing = (section: { checkpointBlocks?: boolean }) => (section.checkpointBlocks ? { checkpointBlocks: true } : {});
   return {
     ...preset,
-    vision: configs.vision,
-    text: withoutVocabSize(configs.text),
-    decoder: withoutVocabSize(configs.decoder),
+    vision: { ...configs.vision, ...checkpointing(preset.vision) },
+    text: { ...withoutVocabSize(configs.text), ...checkpointing(preset.text) },
+    decoder: { ...withoutVocabSize(configs.decoder), ...checkpointing(preset.decoder) },
     memory: { ...preset.memory, mlpWidth },
     data,
   };
@@ -177,11 +180,12 @@ export function checkPaperFits(config: S2DConfig, vocab: { text: number; decoder
   }
   if (!limits) return null;
 
-  const plan = planMemory(planModelsFromPreset(config, vocab), limits, { weightDtype: 'f32', stage: lastStage });
+  const weightDtype = config.weightDtype ?? 'f32';
+  const plan = planMemory(planModelsFromPreset(config, vocab), limits, { weightDtype, stage: lastStage });
   try {
     assertPlanFits(plan);
   } catch (error) {
-    throw new Error(`${(error as Error).message}\n"s2d plan --preset paper --vision DIR --text DIR --llm DIR --weights f32 --adapter" prints the whole plan`);
+    throw new Error(`${(error as Error).message}\n"s2d plan --preset paper --vision DIR --text DIR --llm DIR --weights ${weightDtype} --adapter" prints the whole plan`);
   }
   const { batchSize } = config.training;
   if (plan.microBatch < batchSize) {
@@ -196,15 +200,20 @@ export function checkPaperFits(config: S2DConfig, vocab: { text: number; decoder
 /**
  * Loads the three checkpoints and wraps them in S2DAlign.fromParts (frozen ViT and BERT,
  * LLaMA with fresh LoRA factors from the training seed). `config` comes from paperModelConfig.
+ * The frozen weights are stored in config.weightDtype (f32 when absent), and each model gets
+ * its section's checkpointBlocks.
  */
 export async function loadPaperModel(folders: PaperFolders, config: S2DConfig): Promise<S2DAlign> {
+  const weightDtype = config.weightDtype ?? 'f32';
   const loaded: Array<{ dispose(): void }> = [];
   try {
-    const vision = (await loadDinov2(folders.vision, { positionInterpolation: config.vision.positionInterpolation })).model;
+    const vision = (
+      await loadDinov2(folders.vision, { positionInterpolation: config.vision.positionInterpolation, weightDtype, checkpointBlocks: config.vision.checkpointBlocks })
+    ).model;
     loaded.push(vision);
-    const textEncoder = (await loadBert(folders.text)).model;
+    const textEncoder = (await loadBert(folders.text, { weightDtype, checkpointBlocks: config.text.checkpointBlocks })).model;
     loaded.push(textEncoder);
-    const decoder = (await loadLlama(folders.llm, { lora: config.lora, seed: config.training.seed })).model;
+    const decoder = (await loadLlama(folders.llm, { lora: config.lora, seed: config.training.seed, weightDtype, checkpointBlocks: config.decoder.checkpointBlocks })).model;
     loaded.push(decoder);
     const model = S2DAlign.fromParts({ config, vision, textEncoder, decoder });
     model.eval();
@@ -242,20 +251,25 @@ export async function openPaperSetup(folders: PaperFolders, preset: S2DConfig, o
   return { model, decoderTokenizer: tokenizers.decoder, textTokenizer: tokenizers.text, imageBatchSize: plan ? Math.min(plan.visionBatch, config.training.batchSize) : undefined };
 }
 
-/** Serialises a flat config section with its keys sorted, for comparison. */
+/** Serialises a flat config section with its keys sorted and undefined fields left out, for comparison. */
 function sortedJson(section: object): string {
-  const entries = Object.entries(section);
+  const entries = Object.entries(section).filter(([, value]) => value !== undefined);
   entries.sort(([x], [y]) => x.localeCompare(y));
   return JSON.stringify(entries);
 }
 
 /**
- * Rebuilds a paper-mode model saved by `s2d train`: loads the checkpoints from `folders`,
- * then the memory bank and SMA adapters from `trainedParts`, then the LoRA factors from the
- * PEFT `adapter` folder when the saved model has LoRA on. The folders' config.json files must
- * still describe the models that `saved` was trained with.
+ * Rebuilds a paper-mode model saved by `s2d train`. It loads the checkpoints from `folders` in
+ * the saved weightDtype (f32 when the config has none), then the memory bank and SMA adapters
+ * from `trainedParts`. When the saved model has LoRA on, the LoRA factors come from the PEFT
+ * `adapter` folder. The folders' config.json files must still describe the models that `saved`
+ * was trained with.
  */
 export async function openPaperModel(saved: SavedConfig, folders: PaperFolders, trainedParts: ByteSource, adapter: CheckpointFolder | null): Promise<S2DAlign> {
+  const { weightDtype } = saved.config;
+  if (weightDtype !== undefined && weightDtype !== 'f16' && weightDtype !== 'f32') {
+    throw new Error(`the saved config's weightDtype is ${JSON.stringify(weightDtype)}; set it to "f16" or "f32" (the storage of the frozen checkpoint weights)`);
+  }
   const current = paperModelConfig(saved.config, await readPaperConfigs(folders));
   const sources = { vision: folders.vision.name, text: folders.text.name, decoder: folders.llm.name };
   for (const section of ['vision', 'text', 'decoder'] as const) {

@@ -15,7 +15,7 @@
 // threads off in Node.
 //
 // Usage: npm run bench:matmul -- [--variants subgroup,blocked,naive] [--large] [--only TEXT] [--no-peers]
-//                                [--no-bounds-checks] [--tune] [--tuning FILE]
+//                                [--no-bounds-checks] [--tune] [--tuning FILE] [--f16-b]
 //   --variants  kernels to time (default: all three, naive only up to 512³)
 //   --large     adds 2048³ and 512×4096 · 4096×4096
 //   --only      times only the shapes whose label contains TEXT, such as 1024
@@ -26,11 +26,16 @@
 //               and uses the fastest; the program column then shows the tuned tile
 //   --tuning FILE  loads tuned tiles from FILE when it was written on this adapter, and with
 //               --tune writes the new table there
+//   --f16-b     also times the adapter's kernel with B stored as f16: read directly by the
+//               kernel, and cast to a temporary f32 copy before each matmul (the cast is
+//               part of the time). Results are checked against B rounded to f16.
 import { cpus, freemem } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { matmulKernel, matmulShape, matmulReference } from '../engine/ops/matmul.ts';
+import { castKernel } from '../engine/ops/cast.ts';
+import { floatArrayToHalf, halfArrayToFloat } from '../engine/dtype.ts';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { autotuneMatmul, exportMatmulTuning, importMatmulTuning } from '../engine/autotune.ts';
 import { boundsChecksEnabled, getDawnGpu, initDevice } from '../engine/devices.ts';
@@ -72,6 +77,8 @@ const FULL_CHECK_MAX_FLOPS = 2 * 512 ** 3;
 const HOST_COPIES_ESTIMATE = 8;
 
 type Variant = 'subgroup' | 'blocked' | 'naive';
+/** Storage of B as the kernel receives it: f32, f16 read by the kernel, or f16 cast to f32 before each matmul. */
+type StorageB = 'f32' | 'f16' | 'f16-cast';
 
 /** Builds the engine's matmul kernel with the program of `variant` in place of the adapter's choice. */
 function kernelFor(variant: Variant): Kernel<{ transA: boolean; transB: boolean }> {
@@ -244,20 +251,36 @@ function inputsOf(specs: TensorSpec[]): { a: Float32Array; b: Float32Array } {
   };
 }
 
-async function benchShape(device: WebGpuDevice, shapeSpec: BenchShape, variant: Variant): Promise<Result> {
+async function benchShape(device: WebGpuDevice, shapeSpec: BenchShape, variant: Variant, storage: StorageB = 'f32'): Promise<Result> {
   const { specs, params } = problemOf(shapeSpec);
   const { shape } = matmulShape(specs[0], specs[1], params);
-  const { a, b } = inputsOf(specs);
+  const inputs = inputsOf(specs);
+  const { a } = inputs;
   const kernel = kernelFor(variant);
   const storageA = device.upload(a);
-  const storageB = device.upload(b);
+
+  // An f16 B contains the f16 rounding of the f32 inputs, and the check uses the rounded values.
+  const bHalf = storage === 'f32' ? null : floatArrayToHalf(inputs.b);
+  const b = bHalf ? halfArrayToFloat(bHalf) : inputs.b;
+  const storageB = device.upload(bHalf ?? b);
+  const specB16: TensorSpec = { shape: specs[1].shape, dtype: 'f16' };
+  const kernelSpecs = storage === 'f16' ? [specs[0], specB16] : specs;
+
+  /** Records one matmul (after the cast of B with 'f16-cast') and returns its output. */
+  const recordMatmul = () => {
+    if (storage !== 'f16-cast') return device.run(kernel, [storageA, storageB], kernelSpecs, params).storages[0];
+    const b32 = device.run(castKernel, [storageB], [specB16], { to: 'f32' }).storages[0];
+    const out = device.run(kernel, [storageA, b32], specs, params).storages[0];
+    device.release(b32);
+    return out;
+  };
 
   const timeRun: TimeRun = async (dispatches, readSize) => {
     const started = performance.now();
     let last = null;
     for (let i = 0; i < dispatches; i++) {
       if (last) device.release(last);
-      last = device.run(kernel, [storageA, storageB], specs, params).storages[0];
+      last = recordMatmul();
     }
     const data = (await device.read(last!, 'f32', readSize)) as Float32Array;
     const ms = performance.now() - started;
@@ -268,7 +291,8 @@ async function benchShape(device: WebGpuDevice, shapeSpec: BenchShape, variant: 
   const timing = await measure(shape, a, b, timeRun);
   device.release(storageA);
   device.release(storageB);
-  return { label: shapeSpec.label, program: programKey(device, shapeSpec, variant), ...timing };
+  const program = storage === 'f32' ? programKey(device, shapeSpec, variant) : kernel.wgsl(kernelSpecs, params, device.caps).key;
+  return { label: shapeSpec.label, program: storage === 'f16-cast' ? `cast + ${program}` : program, ...timing };
 }
 
 /**
@@ -538,6 +562,13 @@ for (const shape of selectedShapes) {
     console.log(formatRow(result));
     if (variant === 'subgroup') oursGflops.set(shape.label, result.gflops);
     if (!(result.maxDiff <= CHECK_TOLERANCE)) failedChecks += 1;
+  }
+  if (args.includes('--f16-b')) {
+    for (const storage of ['f16', 'f16-cast'] as const) {
+      const result = await benchShape(device, shape, 'subgroup', storage);
+      console.log(formatRow(result));
+      if (!(result.maxDiff <= CHECK_TOLERANCE)) failedChecks += 1;
+    }
   }
 }
 // Frees our buffers before the peers run. Dawn's instance stays alive in engine/devices.ts.

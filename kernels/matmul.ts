@@ -14,6 +14,9 @@
 // Neither variant uses workgroup memory, because lavapipe runs workgroup-memory tiling
 // slower than plain storage loads (the opposite of a real GPU).
 //
+// B may be stored as f16 (MatmulShape.dtypeB): its loads convert to f32, and the rest of the
+// kernel is the same f32 code (see kernels/matmul-loaders.ts for the bindings).
+//
 // Loads clamp rows and columns past the edge of C into range (the lane computes values it
 // never stores), so the inner loop has no bounds checks. K is split into full steps of 4 and
 // a remainder loop.
@@ -32,7 +35,7 @@
 import type { WgslProgram, DeviceCaps, MatmulTile } from './types.ts';
 import { entry1d, flatIndex, grid1d, MAX_WORKGROUPS_PER_DIMENSION, storageBinding, uniformBinding } from './common.ts';
 import { WGSL_ERF } from './elementwise.ts';
-import { FIRST, loadersA, loadersB, maskedLoaders, rowsPerLoad, SECOND, type LayoutA, type LayoutB, type Segment } from './matmul-loaders.ts';
+import { bindingTypeB, FIRST, loadersA, loadersB, maskedLoaders, rowsPerLoad, SECOND, type LayoutA, type LayoutB, type Segment, type StorageB } from './matmul-loaders.ts';
 
 
 export interface MatmulShape {
@@ -45,6 +48,8 @@ export interface MatmulShape {
   /** Elements between consecutive matrices of A (0 to broadcast A). */
   strideA: number;
   strideB: number;
+  /** Storage type of B, 'f32' when absent. An f16 B is converted to f32 as it is loaded. */
+  dtypeB?: 'f32' | 'f16';
 }
 
 export type MatmulActivation = 'none' | 'gelu' | 'silu';
@@ -103,6 +108,8 @@ export interface MatmulPlan {
    * transposed as vec4 along k (K % 4 == 0), or transposed scalars.
    */
   layoutB: LayoutB;
+  /** Storage of B and the way it is read: f32, f16 under `enable f16;`, or f16 unpacked from u32 words. */
+  storageB: StorageB;
   /** Whether C is written as vec4 (N % 4 == 0). */
   vec4C: boolean;
   /** Whether K % 4 != 0, so that loads past K must read 0 (see maskedLoaders). */
@@ -127,6 +134,11 @@ function previousPowerOfTwo(value: number): number {
 function layoutOfB(transB: boolean, N: number, K: number, strideB: number): LayoutB {
   if (transB) return K % 4 === 0 && strideB % 4 === 0 ? 'trans4' : 'trans1';
   return N % 4 === 0 && strideB % 4 === 0 ? 'rows4' : 'rows1';
+}
+
+function storageOfB(dtypeB: 'f32' | 'f16', caps: Pick<DeviceCaps, 'shaderF16'>): StorageB {
+  if (dtypeB === 'f32') return 'f32';
+  return caps.shaderF16 ? 'f16' : 'f16-in-u32';
 }
 
 /**
@@ -177,6 +189,7 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulF
     workgroupSize,
     layoutA,
     layoutB,
+    storageB: storageOfB(shape.dtypeB ?? 'f32', caps),
     vec4C: N % 4 === 0,
     remainderK: K % 4 !== 0,
     second: second
@@ -332,9 +345,10 @@ function lines(count: number, line: (index: number) => string, indent = '  '): s
 }
 
 function planKey(plan: MatmulPlan): string {
-  const { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK, second } = plan;
+  const { variant, rows, loadLanes, workgroupSize, layoutA, layoutB, storageB, vec4C, remainderK, second } = plan;
   const remainder = remainderK ? ':k-masked' : '';
-  let key = `${variant}:r${rows}:l${loadLanes}:w${workgroupSize}:a-${layoutA}:b-${layoutB}:c${vec4C ? 4 : 1}${remainder}`;
+  const storage = storageB === 'f32' ? '' : `-${storageB}`;
+  let key = `${variant}:r${rows}:l${loadLanes}:w${workgroupSize}:a-${layoutA}:b-${layoutB}${storage}:c${vec4C ? 4 : 1}${remainder}`;
   if (second) key += `:second-a-${second.layoutA}-b-${second.layoutB}${second.remainderK ? '-k-masked' : ''}`;
   if (plan.bias) key += ':bias';
   if (plan.activation !== 'none') key += `:${plan.activation}`;
@@ -378,6 +392,7 @@ function checkPlan(shape: MatmulShape, plan: MatmulPlan, fusion: MatmulFusion): 
   if (layoutA === 'trans4' && (M % 4 !== 0 || strideA % 4 !== 0)) problems.push('trans4 A needs M and strideA divisible by 4');
   if (layoutB === 'rows4' && (N % 4 !== 0 || strideB % 4 !== 0)) problems.push('rows4 B needs N and strideB divisible by 4');
   if (layoutB === 'trans4' && (K % 4 !== 0 || strideB % 4 !== 0)) problems.push('trans4 B needs K and strideB divisible by 4');
+  if ((plan.storageB === 'f32') !== ((shape.dtypeB ?? 'f32') === 'f32')) problems.push(`storageB ${plan.storageB} does not match B's dtype ${shape.dtypeB ?? 'f32'}`);
   if (plan.vec4C && N % 4 !== 0) problems.push('vec4 stores of C need N divisible by 4');
   if (!plan.remainderK && K % 4 !== 0) problems.push('K is not divisible by 4, so loads past K must be masked');
   problems.push(...secondSegmentProblems(shape, plan, fusion.second));
@@ -484,20 +499,20 @@ ${stepBody}  }
 }
 
 function generateCode(plan: MatmulPlan, params: WgslProgram['params']): string {
-  const { rows, loadLanes, workgroupSize, layoutA, layoutB, vec4C, remainderK, second, splitK } = plan;
+  const { rows, loadLanes, workgroupSize, layoutA, layoutB, storageB, vec4C, remainderK, second, splitK } = plan;
   const subgroup = plan.variant === 'subgroup';
   const perLoad = rowsPerLoad(layoutA);
 
   const typeOf = (layout: LayoutA | LayoutB) => (layout === 'rows4' || layout === 'trans4' ? 'vec4<f32>' : 'f32');
   let binding = 0;
-  let bindings = storageBinding(binding++, 'a', typeOf(layoutA), 'read') + storageBinding(binding++, 'b', typeOf(layoutB), 'read');
+  let bindings = storageBinding(binding++, 'a', typeOf(layoutA), 'read') + storageBinding(binding++, 'b', bindingTypeB(layoutB, storageB), 'read');
   if (second) bindings += storageBinding(binding++, 'a2', typeOf(second.layoutA), 'read') + storageBinding(binding++, 'b2', typeOf(second.layoutB), 'read');
   if (plan.bias) bindings += storageBinding(binding++, 'bias', 'f32', 'read');
   bindings += storageBinding(binding++, 'c', vec4C ? 'vec4<f32>' : 'f32', 'read_write');
   if (plan.preActivation) bindings += storageBinding(binding++, 'pre', vec4C ? 'vec4<f32>' : 'f32', 'read_write');
   bindings += uniformBinding(binding, params);
 
-  const loaders = [loadersA(layoutA, FIRST), loadersB(layoutB, FIRST)];
+  const loaders = [loadersA(layoutA, FIRST), loadersB(layoutB, FIRST, storageB)];
   if (remainderK) loaders.push(maskedLoaders(layoutA, FIRST));
   if (second) {
     loaders.push(loadersA(second.layoutA, SECOND), loadersB(second.layoutB, SECOND));
@@ -526,7 +541,8 @@ function generateCode(plan: MatmulPlan, params: WgslProgram['params']): string {
 
   const laneBuiltin = subgroup ? ', @builtin(subgroup_invocation_id) subgroupLane: u32' : '';
   const laneIndex = subgroup ? `subgroupLane % ${loadLanes}u` : '0u';
-  return `${subgroup ? 'enable subgroups;\n\n' : ''}${bindings}
+  const extensions = [storageB === 'f16' ? 'enable f16;\n' : '', subgroup ? 'enable subgroups;\n' : ''].join('');
+  return `${extensions ? `${extensions}\n` : ''}${bindings}
 ${loaders.join('\n')}
 ${epilogue}
 @compute @workgroup_size(${workgroupSize})
@@ -569,6 +585,7 @@ ${entry1d(WORKGROUP_SIZE)} {
 /** Generates the naive program, one invocation per output element, which tests use as a second reference. */
 export function matmulNaiveProgram(shape: MatmulShape): WgslProgram {
   const { batch, M, N, K, transA, transB, strideA, strideB } = shape;
+  if ((shape.dtypeB ?? 'f32') !== 'f32') throw new Error(`matmul: the naive program reads an f32 B only, got ${shape.dtypeB}; use matmulProgram for an f16 B`);
   const tile = 8;
   const params: WgslProgram['params'] = [
     ['M', 'u32', M],

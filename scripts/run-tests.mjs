@@ -23,7 +23,7 @@ const files = readdirSync(join(root, 'test'))
 
 const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
 // Files whose tests run kernels on the WebGPU device.
-const KERNEL_FILES = ['matmul', 'linear', 'elementwise', 'softmax', 'norm', 'loss', 'shape', 'embedding', 'dropout', 'mask', 'optim', 'device', 'generate', 'golden', 'rope', 'select', 'attention', 'lora', 'gather', 'beam', 'checkpoint', 'device-lost', 'f16', 'large-tensor', 'autotune'];
+const KERNEL_FILES = ['matmul', 'matmul-f16', 'linear', 'elementwise', 'softmax', 'norm', 'loss', 'shape', 'embedding', 'dropout', 'mask', 'optim', 'device', 'generate', 'golden', 'rope', 'select', 'attention', 'lora', 'gather', 'beam', 'checkpoint', 'device-lost', 'f16', 'large-tensor', 'autotune'];
 
 function runFile(name, extraEnv = {}) {
   return new Promise((resolve) => {

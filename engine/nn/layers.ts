@@ -47,7 +47,7 @@ function flattenRows(x: Tensor, inFeatures: number): [Tensor, number[]] {
 /**
  * y = x·Wᵀ + b. x [..., in] → [..., out]. An f32 weight within one binding runs one matmul
  * dispatch with the bias fused; a frozen f16 weight, or one larger than a binding, runs
- * `frozenLinear` (row chunks, cast to f32 one at a time) and then adds the bias.
+ * `frozenLinear` (row chunks of at most one binding, read in their stored dtype) and then adds the bias.
  */
 export class Linear extends Module {
   readonly weight: Tensor;

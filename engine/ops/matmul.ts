@@ -4,14 +4,19 @@
 // transB) → [..., M, N]. Leading (batch) axes must match, or one side has none and is
 // broadcast over the other's batch.
 //
+// dtypes: a is f32. b is f32, or f16 when it needs no gradient (a frozen weight). The kernel
+// converts the f16 values to f32 as it loads them, so no f32 copy of b is made, and the
+// products and sums are f32.
+//
 // Split-K: when the output has too few tiles to fill the device and K is long (the weight
 // gradient dW = dYᵀ·X, with K the token count), matmul() splits K into S slices. One dispatch
 // writes the S partial products [S, ..., M, N], and a second adds them in slice order, so
 // the result is the same bits on every run. `splitKSlices` in kernels/matmul.ts has the rule.
 import { matmulProgram, splitKLayout, splitKSlices, sumSlicesProgram, type MatmulShape } from '../../kernels/matmul.ts';
-import { shapeString, sizeOf } from '../dtype.ts';
+import { halfArrayToFloat, shapeString, sizeOf, type TypedArray } from '../dtype.ts';
 import { defineKernel, type TensorSpec } from '../kernel.ts';
-import type { Tensor } from '../tensor.ts';
+import { isGradEnabled, type Tensor } from '../tensor.ts';
+import { cast } from './cast.ts';
 import { accumulateGradInto } from './elementwise.ts';
 import { assertDtype, record, runKernel, specOf } from './run.ts';
 
@@ -33,6 +38,9 @@ interface MatmulParams {
 
 /** Validates shapes and returns the kernel's view of them plus the output shape. */
 export function matmulShape(a: TensorSpec, b: TensorSpec, { transA, transB }: MatmulParams): { shape: MatmulShape; out: number[] } {
+  if (a.dtype !== 'f32' || (b.dtype !== 'f32' && b.dtype !== 'f16')) {
+    throw new Error(`matmul: a must be f32 and b f32 or f16, got a ${a.dtype} and b ${b.dtype}; cast the operands first`);
+  }
   if (a.shape.length < 2 || b.shape.length < 2) {
     throw new Error(`matmul: operands need at least 2 axes (a is ${shapeString(a.shape)}, b is ${shapeString(b.shape)})`);
   }
@@ -70,6 +78,7 @@ export function matmulShape(a: TensorSpec, b: TensorSpec, { transA, transB }: Ma
       transB,
       strideA: countA === 1 ? 0 : M * K,
       strideB: countB === 1 ? 0 : K * N,
+      dtypeB: b.dtype === 'f16' ? 'f16' : 'f32',
     },
     out: [...batchShape, M, N],
   };
@@ -98,11 +107,16 @@ export function matmulReference(a: ArrayLike<number>, b: ArrayLike<number>, c: F
   }
 }
 
-export const matmulKernel = defineKernel<MatmulParams>({
+/** B's values as numbers: the f16 bit patterns of an f16 B decoded (exactly), else B itself. */
+function valuesOfB(b: TypedArray, spec: TensorSpec): ArrayLike<number> {
+  return spec.dtype === 'f16' ? halfArrayToFloat(b as Uint16Array) : b;
+}
+
+export const matmulKernel = defineKernel<MatmulParams, TypedArray>({
   name: 'matmul',
   outputs: ([a, b], params) => [{ shape: matmulShape(a, b, params).out, dtype: 'f32' }],
   cpu([a, b], [c], [sa, sb], params) {
-    matmulReference(a, b, c, matmulShape(sa, sb, params).shape);
+    matmulReference(a, valuesOfB(b, sb), c as Float32Array, matmulShape(sa, sb, params).shape);
   },
   wgsl: ([a, b], params, caps) => matmulProgram(matmulShape(a, b, params).shape, caps),
   flops([a, b], params) {
@@ -117,7 +131,7 @@ interface MatmulSplitParams extends MatmulParams {
 }
 
 /** The partial products of split-K: output [S, ..., M, N], slice s summing its range of k. */
-export const matmulSplitKernel = defineKernel<MatmulSplitParams>({
+export const matmulSplitKernel = defineKernel<MatmulSplitParams, TypedArray>({
   name: 'matmul_split_k',
   outputs([a, b], params) {
     const { shape, out } = matmulShape(a, b, params);
@@ -131,10 +145,11 @@ export const matmulSplitKernel = defineKernel<MatmulSplitParams>({
     const { shape } = matmulShape(sa, sb, params);
     const { slices, sliceSteps } = splitKLayout(shape.K, params.slices);
     const size = shape.batch * shape.M * shape.N;
+    const bValues = valuesOfB(b, sb);
     for (let slice = 0; slice < slices; slice++) {
       const kBegin = Math.min(shape.K, slice * sliceSteps * 4);
       const kEnd = Math.min(shape.K, (slice + 1) * sliceSteps * 4);
-      matmulReference(a, b, partial.subarray(slice * size, (slice + 1) * size), shape, kBegin, kEnd);
+      matmulReference(a, bValues, (partial as Float32Array).subarray(slice * size, (slice + 1) * size), shape, kBegin, kEnd);
     }
   },
   wgsl: ([a, b], params, caps) => matmulProgram(matmulShape(a, b, params).shape, caps, { splitK: params.slices }),
@@ -170,10 +185,16 @@ function slicesFor(a: Tensor, shape: MatmulShape, splitK: number | 'auto'): numb
   return splitKLayout(shape.K, splitK).slices;
 }
 
-/** op(a) · op(b); see the file header for shapes. */
+/** op(a) · op(b); see the file header for shapes and dtypes. */
 export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
   assertDtype('matmul', a, 'f32');
-  assertDtype('matmul', b, 'f32');
+  if (b.dtype !== 'f16') assertDtype('matmul', b, 'f32');
+  if (b.dtype === 'f16' && b.requiresGrad && isGradEnabled()) {
+    throw new Error(
+      `matmul: b ${b.describe()} requires a gradient, but an f16 b is read as a frozen weight and gets none; ` +
+        'set requiresGrad = false on it or keep it f32',
+    );
+  }
   const transA = options.transA ?? false;
   const transB = options.transB ?? false;
   const { shape } = matmulShape(specOf(a), specOf(b), { transA, transB });
@@ -189,9 +210,19 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
   }
   return record(out, [a, b], (g) => {
     if (a.requiresGrad) {
-      const ga = transA
-        ? matmul(b, g, { transA: transB, transB: true })
-        : matmul(g, b, { transA: false, transB: !transB });
+      let ga: Tensor;
+      if (!transA) {
+        // b stays the right operand, so an f16 b is read directly here too.
+        ga = matmul(g, b, { transA: false, transB: !transB });
+      } else if (b.dtype === 'f16') {
+        // The kernel reads f16 only as its right operand, and here b is the left one, so this
+        // product takes a temporary f32 copy of b.
+        const b32 = cast(b, 'f32');
+        ga = matmul(b32, g, { transA: transB, transB: true });
+        b32.dispose();
+      } else {
+        ga = matmul(b, g, { transA: transB, transB: true });
+      }
       accumulateGradInto(a, ga);
     }
     if (b.requiresGrad) {

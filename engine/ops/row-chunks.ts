@@ -9,13 +9,13 @@
 // binding and start at an aligned byte offset.
 //
 // frozenLinear: x [N, K], W [M, K] (f32 or f16, any size) → y = x·Wᵀ [N, M]. W is processed in
-// row chunks W_c [M_c, K]: each chunk (cast to f32 when stored as f16) gives the column block
-// y[:, c] = x·W_cᵀ, and the blocks are concatenated. Only x gets a gradient,
-// dx = Σ_c dy[:, c]·W_c, which casts each chunk again rather than keeping f32 copies.
+// row chunks W_c [M_c, K]: each chunk gives the column block y[:, c] = x·W_cᵀ, and the blocks
+// are concatenated. Only x gets a gradient, dx = Σ_c dy[:, c]·W_c. The matmul kernel reads an
+// f16 chunk directly (converting on load), so no f32 copy of W is made, and a chunk binds as
+// many rows as fit one binding in f16.
 import { bytesPerElement, shapeString, sizeOf } from '../dtype.ts';
 import type { StorageLimits } from '../device.ts';
 import { noGrad, Tensor } from '../tensor.ts';
-import { cast } from './cast.ts';
 import { accumulateGradInto, add } from './elementwise.ts';
 import { matmul } from './matmul.ts';
 import { record } from './run.ts';
@@ -74,15 +74,13 @@ export function rowRange(x: Tensor, start: number, count: number): Tensor {
   return out;
 }
 
-/** Calls `fn` with rows `chunk` of `weight` as f32 and disposes the temporaries afterwards. */
-function withF32Rows(weight: Tensor, chunk: RowChunk, fn: (rows: Tensor) => Tensor): Tensor {
+/** Calls `fn` with rows `chunk` of `weight` (in its own dtype) and disposes the row view afterwards. */
+function withRows(weight: Tensor, chunk: RowChunk, fn: (rows: Tensor) => Tensor): Tensor {
   const whole = chunk.start === 0 && chunk.count === weight.shape[0];
   const rows = whole ? weight : rowRange(weight, chunk.start, chunk.count);
-  const rows32 = rows.dtype === 'f32' ? rows : cast(rows, 'f32');
   try {
-    return fn(rows32);
+    return fn(rows);
   } finally {
-    if (rows32 !== rows) rows32.dispose();
     if (rows !== weight) rows.dispose();
   }
 }
@@ -99,7 +97,7 @@ export function frozenLinear(x: Tensor, weight: Tensor): Tensor {
   }
   const [outFeatures, inFeatures] = weight.shape;
   const limits = weight.device.limits;
-  const chunks = rowChunks(outFeatures, inFeatures * bytesPerElement(weight.dtype), limits, inFeatures * 4);
+  const chunks = rowChunks(outFeatures, inFeatures * bytesPerElement(weight.dtype), limits);
   if (weight.dtype === 'f32' && chunks.length === 1) return matmul(x, weight, { transB: true });
   if (weight.requiresGrad) {
     throw new Error(
@@ -107,9 +105,11 @@ export function frozenLinear(x: Tensor, weight: Tensor): Tensor {
         'set requiresGrad = false on it or keep a trainable weight f32 and within one binding',
     );
   }
+  // An f16 weight within one binding: matmul's backward gives dx from the same f16 weight.
+  if (chunks.length === 1) return matmul(x, weight, { transB: true });
 
   const out = noGrad(() => {
-    const blocks = chunks.map((chunk) => withF32Rows(weight, chunk, (rows) => matmul(x, rows, { transB: true })));
+    const blocks = chunks.map((chunk) => withRows(weight, chunk, (rows) => matmul(x, rows, { transB: true })));
     const y = concat(blocks, 1);
     for (const block of blocks) block.dispose();
     return y;
@@ -119,7 +119,7 @@ export function frozenLinear(x: Tensor, weight: Tensor): Tensor {
     let dx: Tensor | null = null;
     for (const chunk of chunks) {
       const dyBlock = chunks.length === 1 ? g : slice(g, 1, chunk.start, chunk.start + chunk.count);
-      const part = withF32Rows(weight, chunk, (rows) => matmul(dyBlock, rows));
+      const part = withRows(weight, chunk, (rows) => matmul(dyBlock, rows));
       if (dyBlock !== g) dyBlock.dispose();
       if (dx) {
         const total = add(dx, part);

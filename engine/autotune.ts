@@ -1,8 +1,10 @@
 // Matmul tile autotuning: times the subgroup kernel's tile sizes on the adapter at hand and
 // records the fastest per shape class in the device's caps, where the matmul planner reads it.
 //
-// Candidates are timed in interleaved rounds, every candidate once per round, so that a slow
-// stretch of a shared machine hits them alike. The winner has the lowest median time. A tile
+// Candidates are timed in interleaved rounds, every candidate once per round and each round
+// starting with the next candidate, so that a slow stretch of a shared machine hits them alike.
+// Tiles that generate the same program as another candidate (small M caps the rows) are timed
+// once. The winner has the lowest median time. A tile
 // is kept only when it beats the built-in default by more than `minGain`, so noise does not
 // replace the default with an equal tile. The table can be saved as JSON and loaded again on
 // the same adapter, so tuning runs once per machine.
@@ -107,10 +109,15 @@ export async function autotuneMatmul(device: WebGpuDevice, shapes: MatmulShape[]
 
     try {
       const candidates: Array<MatmulTile | null> = [null];
+      const programs = new Set([programKey(device, shape, null)]);
       for (const rows of settings.rows) {
         for (const workgroupSize of settings.workgroupSizes) {
           const tile = { rows, workgroupSize };
-          if (validTile(tile, caps)) candidates.push(tile);
+          if (!validTile(tile, caps)) continue;
+          const program = programKey(device, shape, tile);
+          if (programs.has(program)) continue;
+          programs.add(program);
+          candidates.push(tile);
         }
       }
       // The first run of each compiles its pipeline; the second sizes the timed runs.
@@ -122,7 +129,8 @@ export async function autotuneMatmul(device: WebGpuDevice, shapes: MatmulShape[]
       }
       const samples = new Map<MatmulTile | null, number[]>(candidates.map((tile) => [tile, []]));
       for (let round = 0; round < settings.rounds; round++) {
-        for (const tile of candidates) {
+        for (let i = 0; i < candidates.length; i++) {
+          const tile = candidates[(round + i) % candidates.length];
           const count = counts.get(tile)!;
           samples.get(tile)!.push((await time(tile, count)) / count);
         }
@@ -152,16 +160,22 @@ export async function autotuneMatmul(device: WebGpuDevice, shapes: MatmulShape[]
   return results;
 }
 
-/** The tile the planner uses for `shape` when no tuned entry exists. */
-function defaultTile(device: WebGpuDevice, shape: MatmulShape): MatmulTile {
-  const key = matmulKernel.wgsl(
+/** The program key the planner generates for `shape` with `tile` (null: the default). */
+function programKey(device: WebGpuDevice, shape: MatmulShape, tile: MatmulTile | null): string {
+  const tiles = new Map(tile ? [[matmulTileKey(shape), tile]] : []);
+  return matmulKernel.wgsl(
     [
       { shape: shape.transA ? [shape.K, shape.M] : [shape.M, shape.K], dtype: 'f32' },
       { shape: shape.transB ? [shape.N, shape.K] : [shape.K, shape.N], dtype: 'f32' },
     ],
     { transA: shape.transA, transB: shape.transB },
-    { ...device.caps, matmulTiles: new Map() },
+    { ...device.caps, matmulTiles: tiles },
   ).key;
+}
+
+/** The tile the planner uses for `shape` when no tuned entry exists. */
+function defaultTile(device: WebGpuDevice, shape: MatmulShape): MatmulTile {
+  const key = programKey(device, shape, null);
   const rows = Number(/:r(\d+):/.exec(key)?.[1]);
   const workgroupSize = Number(/:w(\d+):/.exec(key)?.[1]);
   return { rows, workgroupSize };

@@ -68,7 +68,8 @@ test('autotune records a valid tile or keeps the default, and the table round-tr
 
 test('tile keys group shapes by power-of-two classes', () => {
   assert.is(matmulTileKey({ M: 1, N: 3072, K: 768, transA: false, transB: true }), 'nt:m1:n4096:k1024');
-  assert.is(matmulTileKey({ M: 5000, N: 10, K: 100000, transA: true, transB: false }), 'tn:m1024:n16:k4096');
+  assert.is(matmulTileKey({ M: 5000, N: 12, K: 100000, transA: true, transB: false }), 'tn:m1024:n16:k4096');
+  assert.is(matmulTileKey({ M: 1023, N: 1023, K: 1023, transA: false, transB: false }), 'nn:m1024:n1024:k1024:v1');
 });
 
 test.run();

@@ -209,13 +209,13 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulF
 /**
  * The shape class that a tuned tile applies to: the transposes, M, N and K rounded up to a
  * power of two (M from 1 to 1024, N and K from 16 to 4096; larger sizes share the last class),
- * and `v1` when M, N or K is not a multiple of 4, because such shapes load scalars instead of
- * vec4 and run a different program.
+ * and `v1` when N or K (or M, with A transposed) is not a multiple of 4, because such shapes
+ * load scalars instead of vec4 and run a different program.
  */
 export function matmulTileKey(shape: Pick<MatmulShape, 'M' | 'N' | 'K' | 'transA' | 'transB'>): string {
   const bucket = (size: number, low: number, high: number) => Math.min(Math.max(nextPowerOfTwo(size), low), high);
   const transposes = `${shape.transA ? 't' : 'n'}${shape.transB ? 't' : 'n'}`;
-  const aligned = shape.M % 4 === 0 && shape.N % 4 === 0 && shape.K % 4 === 0;
+  const aligned = shape.N % 4 === 0 && shape.K % 4 === 0 && (!shape.transA || shape.M % 4 === 0);
   return `${transposes}:m${bucket(shape.M, 1, 1024)}:n${bucket(shape.N, 16, 4096)}:k${bucket(shape.K, 16, 4096)}${aligned ? '' : ':v1'}`;
 }
 

@@ -97,27 +97,32 @@ async function fit(model: S2DAlign, options: LoopOptions, progress: Progress): P
     });
   };
 
-  for (let epoch = 0; epoch < options.epochs; epoch++) {
-    const batches = epoch === 0 ? options.batches(0) : options.batches(epoch);
-    for (const makeLoss of batches) {
-      const lr = schedule(step);
-      const loss = tidy(() => {
-        const value = makeLoss();
-        value.backward();
-        optimizer.step(lr);
-        optimizer.zeroGrad();
-        return value;
-      });
-      // Start the step on the device now; its loss is read with the next batch of readbacks.
-      loss.device.flush();
-      pending.push({ loss, lr });
-      step += 1;
-      if (pending.length >= readInterval) await readPending();
+  try {
+    for (let epoch = 0; epoch < options.epochs; epoch++) {
+      const batches = epoch === 0 ? options.batches(0) : options.batches(epoch);
+      for (const makeLoss of batches) {
+        const lr = schedule(step);
+        const loss = tidy(() => {
+          const value = makeLoss();
+          value.backward();
+          optimizer.step(lr);
+          optimizer.zeroGrad();
+          return value;
+        });
+        // Start the step on the device now; its loss is read with the next batch of readbacks.
+        loss.device.flush();
+        pending.push({ loss, lr });
+        step += 1;
+        if (pending.length >= readInterval) await readPending();
+      }
     }
+    await readPending();
+  } finally {
+    // On an error (a non-finite loss), the unread losses and the moments are freed too.
+    for (const { loss } of pending) loss.dispose();
+    optimizer.dispose();
   }
-  await readPending();
   progress.stop();
-  optimizer.dispose();
   model.eval();
   return { steps: step, lastLoss: recent, losses };
 }

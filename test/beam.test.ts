@@ -159,7 +159,7 @@ test('beam log-probability matches teacher forcing (cpu)', async () => {
 
 /** Beam search that reruns every prefix in full: the reference for the cached decoder. */
 async function uncachedBeam(model: S2DAlign, features: ReturnType<typeof randomFeatures>, beamSize: number, maxTokens: number) {
-  const context = noGrad(() => model.visualContext(features));
+  const context = noGrad(() => tidy(() => model.visualContext(features)));
   const [, queries, width] = context.shape;
   const result = await beamSearch(async (prefixes) => {
     const length = prefixes[0].length + 1;

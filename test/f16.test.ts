@@ -151,6 +151,7 @@ test('cast rejects a tensor that requires a gradient', () => {
 test('cast rejects i32 tensors', () => {
   const ids = fromHost(new Int32Array([1, 2]), [2], 'i32', cpu);
   assert.throws(() => cast(ids, 'f32'), /cast: cannot cast tensor \[2\] i32 to f32; only f16 ↔ f32 casts exist/);
+  ids.dispose();
 });
 
 test('withF32 frees the f32 copy after use', async () => {
@@ -171,12 +172,16 @@ test('withF32 keeps the copy for a recorded backward', async () => {
   const x = fromHost(randomArray(2 * 3), [2, 3], 'f32', cpu);
   x.requiresGrad = true;
   let copy: { disposed: boolean } | null = null;
-  const y = withF32(weight, (w) => {
-    copy = w;
-    return matmul(x, w, { transB: true });
+  tidy(() => {
+    withF32(weight, (w) => {
+      copy = w;
+      return matmul(x, w, { transB: true });
+    });
+    assert.not.ok(copy!.disposed, 'the backward of y reads the f32 copy');
   });
-  assert.not.ok(copy!.disposed, 'the backward of y reads the f32 copy');
-  y.dispose();
+  assert.ok(copy!.disposed, 'the enclosing tidy frees the copy');
+  weight.dispose();
+  x.dispose();
 });
 
 // ---------- embedding from an f16 table ----------
@@ -210,6 +215,8 @@ test('embedding op rejects an f16 table that requires a gradient', () => {
   table.requiresGrad = true;
   const ids = fromHost(new Int32Array([1, 2]), [2], 'i32', cpu);
   assert.throws(() => embedding(table, ids), /embedding: tensor \[10, 4\] f16 requires a gradient, but an f16 table .* is frozen/);
+  table.dispose();
+  ids.dispose();
 });
 
 // ---------- re-storing a frozen weight ----------

@@ -151,8 +151,10 @@ test('split embedding dispatches only chunks with ids', async () => {
 test('split embedding rejects a trainable table', () => {
   const table = fromHost(randomArray(5003 * 129), [5003, 129], 'f32', smallCpu);
   table.requiresGrad = true;
-  assert.throws(() => embedding(table, fromHost(new Int32Array([1]), [1], 'i32', smallCpu)), /embedding: tensor \[5003, 129\] f32 requires a gradient, but an f16 table or one larger than a binding \(1048576 bytes\) is frozen/);
+  const ids = fromHost(new Int32Array([1]), [1], 'i32', smallCpu);
+  assert.throws(() => embedding(table, ids), /embedding: tensor \[5003, 129\] f32 requires a gradient, but an f16 table or one larger than a binding \(1048576 bytes\) is frozen/);
   table.dispose();
+  ids.dispose();
 });
 
 // ---------- frozenLinear in row chunks ----------
@@ -168,10 +170,12 @@ for (const dtype of ['f32', 'f16'] as const) {
     // Reference: a plain matmul with the f32 values of the weight on the unlimited CPU device.
     const x0 = fromHost(xValues, [batch, inFeatures], 'f32', cpu);
     x0.requiresGrad = true;
-    const y0 = matmul(x0, fromHost(decoded(weightValues, dtype), [outFeatures, inFeatures], 'f32', cpu), { transB: true });
+    const w0 = fromHost(decoded(weightValues, dtype), [outFeatures, inFeatures], 'f32', cpu);
+    const y0 = matmul(x0, w0, { transB: true });
     tidy(() => sum(mul(y0, fromHost(dyValues, y0.shape, 'f32', cpu))).backward());
     const expectedY = await y0.data();
     const expectedDx = await (x0.grad as Tensor).data();
+    for (const t of [x0, w0, y0]) t.dispose();
 
     for (const { label, device } of await splitDevices()) {
       const weight = fromHost(weightData, [outFeatures, inFeatures], dtype, device);

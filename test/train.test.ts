@@ -121,6 +121,7 @@ test('stage 3 runs with reference and key-phrase context (webgpu)', async () => 
   const context = noGrad(() => tidy(() => model.context(3, batch.features, batch.reference, batch.phrases)));
   assert.equal([...context.shape], [8, 3 * MICRO.memory.queries, MICRO.decoder.hiddenSize]);
   context.dispose();
+  for (const tensor of [batch.features, batch.inputIds, batch.targets, batch.reference.ids, batch.reference.lengths, batch.phrases.ids, batch.phrases.lengths]) tensor.dispose();
   const result = await trainStage(model, { stage: 3, epochs: 1, peakLr: 1e-3 }, samples, samples, specialIds(vocab), silentProgress);
   assert.ok(Number.isFinite(result.valLoss), `stage 3 val loss ${result.valLoss}`);
   model.dispose();
@@ -139,10 +140,14 @@ test('saved model loads back with equal generations (cpu)', async () => {
   const tokens = model.vision.patchCount + 1;
   const features = new Random(4).normalArray(2 * tokens * MICRO.vision.hiddenSize, 1);
   const ids = { pad: 0, bos: 1, eos: 2, unk: 3 };
-  const a = await generateGreedy(model, fromHost(features, [2, tokens, MICRO.vision.hiddenSize]), { maxTokens: 6, ids });
-  const b = await generateGreedy(loaded, fromHost(features, [2, tokens, MICRO.vision.hiddenSize]), { maxTokens: 6, ids });
+  const input = fromHost(features, [2, tokens, MICRO.vision.hiddenSize]);
+  const a = await generateGreedy(model, input, { maxTokens: 6, ids });
+  const b = await generateGreedy(loaded, input, { maxTokens: 6, ids });
   assert.equal(b, a);
   assert.ok(a[0].length > 0, 'generation produced no tokens');
+  input.dispose();
+  model.dispose();
+  loaded.dispose();
 });
 
 test('loading rejects a checkpoint of another shape', async () => {
@@ -158,6 +163,7 @@ test('loading rejects a checkpoint of another shape', async () => {
   } catch (error) {
     assert.match((error as Error).message, /model\.safetensors: tensor "text\.embeddings\.word_embeddings\.weight" has shape \[41, 64\], the model expects \[42, 64\]/);
   }
+  model.dispose();
 });
 
 test('parseStages reads schedules and rejects unknown stages', () => {
@@ -238,7 +244,9 @@ test('joint loss is the mean of member losses (webgpu)', async () => {
   for (const members of memberSets) {
     const entry: StageConfig = { stage: members[members.length - 1], joint: members, epochs: 1, peakLr: 1e-3 };
     setDropoutSeedState(seedState);
-    const joint = await noGrad(() => tidy(() => stageLoss(model, entry, batch))).item();
+    const jointLoss = noGrad(() => tidy(() => stageLoss(model, entry, batch)));
+    const joint = await jointLoss.item();
+    jointLoss.dispose();
 
     // The same batch and dropout seeds, each member's loss from its own model.context.
     setDropoutSeedState(seedState);

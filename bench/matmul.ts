@@ -470,6 +470,15 @@ function printHeader(columns: string[]): void {
 }
 
 const args = process.argv.slice(2);
+const FLAGS = ['--large', '--no-peers', '--no-bounds-checks', '--tune', '--f16-b'];
+const WITH_VALUE = ['--variants', '--only', '--tuning'];
+for (let i = 0; i < args.length; i++) {
+  if (WITH_VALUE.includes(args[i]) && i + 1 < args.length) i += 1;
+  else if (!FLAGS.includes(args[i])) {
+    console.error(`bench/matmul: unknown or incomplete option "${args[i]}"; options: ${[...FLAGS, ...WITH_VALUE.map((o) => `${o} VALUE`)].join(', ')}`);
+    process.exit(2);
+  }
+}
 const variantArg = args.indexOf('--variants');
 const variants = (variantArg >= 0 ? args[variantArg + 1].split(',') : ['subgroup', 'blocked', 'naive']) as Variant[];
 for (const variant of variants) {
@@ -500,6 +509,10 @@ if (args.includes('--large')) {
 }
 const onlyArg = args.indexOf('--only');
 const selectedShapes = onlyArg >= 0 ? shapes.filter((shape) => shape.label.includes(args[onlyArg + 1])) : shapes;
+if (selectedShapes.length === 0) {
+  console.error(`bench/matmul: --only ${args[onlyArg + 1]} matches no shape; shapes: ${shapes.map((shape) => shape.label).join('; ')} (2048³ and 512×4096 · 4096×4096 need --large)`);
+  process.exit(2);
+}
 
 const device = (await initDevice('webgpu', { boundsChecks: args.includes('--no-bounds-checks') ? false : undefined })) as WebGpuDevice;
 console.log(`device: ${device.description}; shader bounds checks ${boundsChecksEnabled() ? 'on' : 'off'}`);

@@ -76,7 +76,9 @@ export interface InitDeviceOptions {
 
 function defaultBoundsChecks(): boolean {
   const env = typeof process !== 'undefined' ? process.env?.S2D_BOUNDS_CHECKS : undefined;
-  return env !== '0' && env !== 'false';
+  if (env === undefined || env === '' || env === '1' || env === 'true') return true;
+  if (env === '0' || env === 'false') return false;
+  throw new Error(`S2D_BOUNDS_CHECKS=${env} is invalid; use 0 or false to drop the shader bounds checks, 1 or true (or unset) to keep them`);
 }
 
 /**
@@ -88,9 +90,10 @@ export async function initDevice(kind: DeviceKind = 'auto', options: InitDeviceO
     current = new CpuDevice();
     return current;
   }
+  const boundsChecks = options.boundsChecks ?? defaultBoundsChecks();
   let reason = 'no WebGPU adapter was found';
   try {
-    const gpu = await findGpu(options.boundsChecks ?? defaultBoundsChecks());
+    const gpu = await findGpu(boundsChecks);
     if (gpu) {
       const device = await createWebGpuDevice(gpu, dawnInstance);
       if (device) {

@@ -168,6 +168,14 @@ export class Tensor {
     const sameShape = gradient && gradient.shape.length === this.shape.length && gradient.shape.every((d, i) => d === this.shape[i]);
     if (gradient && !sameShape) throw new Error(`backward(): gradient ${gradient.describe()} does not match ${this.describe()}; pass a gradient of the same shape`);
     const order = topologicalOrder(this);
+    // A disposed node has lost its backward, so gradients would silently stop there.
+    const lost = order.find((node) => node !== this && node.disposed && node.requiresGrad);
+    if (lost) {
+      throw new Error(
+        `backward(): ${lost.describe()} in the graph of ${this.describe()} was disposed, so gradients cannot pass it; ` +
+          'tidy() disposes the intermediates it does not return, so call backward() inside the tidy() that ran the forward pass',
+      );
+    }
     const seed = gradient ?? fromHost(new Float32Array([1]), this.shape, 'f32', this.device);
     noGrad(() => {
       accumulateGrad(this, seed);

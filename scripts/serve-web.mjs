@@ -112,12 +112,18 @@ export function createStaticServer(root) {
 }
 
 async function main() {
-  const { values } = parseArgs({
-    options: {
-      port: { type: 'string', default: '8080' },
-      root: { type: 'string' },
-    },
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        port: { type: 'string', default: '8080' },
+        root: { type: 'string' },
+      },
+    }));
+  } catch (error) {
+    log(`${error.message}; usage: npm run serve:web -- [--port N] [--root DIR] (the server always binds ${HOST})`);
+    return 2;
+  }
   const port = Number(values.port);
   if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) {
     log(`--port ${values.port} is invalid; use an integer from 0 to 65535`);

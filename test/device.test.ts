@@ -9,7 +9,7 @@ import { runKernel } from '../engine/ops/run.ts';
 import { AdamW } from '../engine/optim.ts';
 import { Random } from '../engine/random.ts';
 import { fromHost, keep, tidy } from '../engine/tensor.ts';
-import { webgpu } from './helpers.ts';
+import { cpu, webgpu } from './helpers.ts';
 
 test('shader compile error names the kernel', async () => {
   const device = await webgpu();
@@ -41,6 +41,19 @@ test('S2D_BOUNDS_CHECKS decides whether Dawn keeps shader bounds checks', async 
   setDevice(device);
   const expected = process.env.S2D_BOUNDS_CHECKS !== '0' && process.env.S2D_BOUNDS_CHECKS !== 'false';
   assert.is(boundsChecksEnabled(), expected);
+});
+
+test('backward after tidy disposed the graph raises instead of dropping gradients', () => {
+  setDevice(cpu);
+  const w = fromHost(new Float32Array([1, 2, 3]), [3]);
+  w.requiresGrad = true;
+  const loss = tidy(() => mean(square(gelu(w))));
+  assert.throws(() => loss.backward(), /backward\(\): tensor \[\d*\] f32 in the graph of tensor \[\d*\] f32 was disposed.*call backward\(\) inside the tidy\(\) that ran the forward pass/);
+  assert.is(w.grad, null);
+  tidy(() => mean(square(gelu(w))).backward());
+  assert.ok(w.grad, 'inside tidy the gradient reaches w');
+  loss.dispose();
+  w.dispose();
 });
 
 test('upload after release keeps earlier reads intact', async () => {

@@ -14,3 +14,5 @@ export * from './attention.ts';
 export * from './rope.ts';
 export * from './select.ts';
 export * from './gather.ts';
+export * from './cast.ts';
+export * from './row-chunks.ts';

@@ -1,6 +1,7 @@
 // `s2d inspect FILE`: lists the tensors of a .safetensors file, a sharded index
 // (model.safetensors.index.json) or a PyTorch .bin/.pt checkpoint: name, dtype, shape and bytes,
 // then the totals. A malformed file prints one error line and exits with code 1.
+import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileSource } from '../../weights/node-files.ts';
@@ -31,7 +32,13 @@ export async function inspectCommand(args: string[]): Promise<number> {
     process.stderr.write(`s2d inspect: expected one FILE, found ${positionals.length}; ${USAGE}\n`);
     return 2;
   }
-  const [path] = positionals;
+  let [path] = positionals;
+  const inside = await checkpointInFolder(path);
+  if (inside === null) {
+    process.stderr.write(`s2d inspect: ${path} is a folder without ${FOLDER_FILES.join(', ')}; pass the checkpoint file itself\n`);
+    return 1;
+  }
+  path = inside;
   try {
     process.stdout.write(formatListing(path, await listTensors(path)));
     return 0;
@@ -40,6 +47,20 @@ export async function inspectCommand(args: string[]): Promise<number> {
     process.stderr.write(`s2d inspect: ${error.message.replace(/\s*\n\s*/g, ' ')}\n`);
     return 1;
   }
+}
+
+/** Checkpoint files looked for, in this order, when `s2d inspect` is given a folder. */
+const FOLDER_FILES = ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin'];
+
+/** Returns `path` itself when it is not a folder, else the first of FOLDER_FILES inside it, or null. */
+async function checkpointInFolder(path: string): Promise<string | null> {
+  const isFolder = await stat(path).then((info) => info.isDirectory(), () => false);
+  if (!isFolder) return path;
+  for (const name of FOLDER_FILES) {
+    const candidate = join(path, name);
+    if (await stat(candidate).then((info) => info.isFile(), () => false)) return candidate;
+  }
+  return null;
 }
 
 /** Reads the header, index or pickle of `path` (never the tensor data) and lists its tensors. */

@@ -408,11 +408,13 @@ export function formatMemoryPlan(plan: MemoryPlan, largest = 8): string {
   lines.push('');
   lines.push(`largest activation per sample: ${plan.largestActivations[0].name} ${formatBytes(plan.largestActivations[0].bytesPerRow)}`);
   const batch = plan.models.batchSize;
-  const accumulation = plan.microBatch > 0 ? Math.ceil(batch / plan.microBatch) : Infinity;
+  // The trainer has no gradient accumulation, so a batch above the micro-batch is rejected.
   lines.push(
     plan.microBatch >= batch
       ? `micro-batch: the batch of ${batch} fits`
-      : `micro-batch: ${plan.microBatch} samples fit (estimate), so a batch of ${batch} needs ${Number.isFinite(accumulation) ? `${accumulation} accumulation steps` : 'a larger adapter'}`,
+      : plan.microBatch > 0
+        ? `micro-batch: ${plan.microBatch} samples fit (estimate), so "s2d train" rejects the batch of ${batch} (no gradient accumulation); use --batch-size ${plan.microBatch}`
+        : `micro-batch: not even one sample fits (estimate); use an adapter or machine with more memory`,
   );
   lines.push(`ViT feature extraction: at most ${plan.visionBatch} per batch (attention scores ${formatBytes(plan.visionScoresPerImage)} per image)`);
   lines.push('');

@@ -8,8 +8,8 @@
 // is kept only when it beats the built-in default by more than `minGain`, so noise does not
 // replace the default with an equal tile. The table can be saved as JSON and loaded again on
 // the same adapter, so tuning runs once per machine.
-import type { MatmulTile } from '../kernels/types.ts';
-import { matmulTileKey, validTile, type MatmulShape } from '../kernels/matmul.ts';
+import type { DeviceCaps, MatmulTile } from '../kernels/types.ts';
+import { matmulPlan, matmulProgram, matmulTileKey, validTile, type MatmulShape } from '../kernels/matmul.ts';
 import type { TensorSpec } from './kernel.ts';
 import { matmulKernel } from './ops/matmul.ts';
 import type { WebGpuDevice } from './webgpu-device.ts';
@@ -17,7 +17,7 @@ import type { WebGpuDevice } from './webgpu-device.ts';
 export interface AutotuneOptions {
   /** Rows of C per workgroup to try (default 16, 32, 64). */
   rows?: number[];
-  /** Lanes per workgroup to try (default 64, 128, 256); sizes that do not suit the adapter are skipped. */
+  /** Lanes per workgroup to try (default 64, 128, 256). Sizes that do not suit the adapter are skipped. */
   workgroupSizes?: number[];
   /** Interleaved timing rounds (default 5). */
   rounds?: number;
@@ -79,7 +79,7 @@ export async function autotuneMatmul(device: WebGpuDevice, shapes: MatmulShape[]
   const results: AutotuneResult[] = [];
 
   for (const shape of shapes) {
-    if (shape.batch !== 1) throw new Error(`autotuneMatmul: shape with batch ${shape.batch}; tune one matrix (batch 1), the tile then applies to every batch`);
+    if (shape.batch !== 1) throw new Error(`autotuneMatmul: batch ${shape.batch} is invalid; tune one matrix (batch 1), because the tile then applies to every batch`);
     const key = matmulTileKey(shape);
     const previous = tiles.get(key);
     tiles.delete(key);
@@ -160,24 +160,19 @@ export async function autotuneMatmul(device: WebGpuDevice, shapes: MatmulShape[]
   return results;
 }
 
-/** The program key the planner generates for `shape` with `tile` (null: the default). */
-function programKey(device: WebGpuDevice, shape: MatmulShape, tile: MatmulTile | null): string {
-  const tiles = new Map(tile ? [[matmulTileKey(shape), tile]] : []);
-  return matmulKernel.wgsl(
-    [
-      { shape: shape.transA ? [shape.K, shape.M] : [shape.M, shape.K], dtype: 'f32' },
-      { shape: shape.transB ? [shape.N, shape.K] : [shape.K, shape.N], dtype: 'f32' },
-    ],
-    { transA: shape.transA, transB: shape.transB },
-    { ...device.caps, matmulTiles: tiles },
-  ).key;
+/** Returns the caps of `device` with `tile` (null: none) as the only tuned entry, for `shape`'s class. */
+function capsWith(device: WebGpuDevice, shape: MatmulShape, tile: MatmulTile | null): DeviceCaps {
+  return { ...device.caps, matmulTiles: new Map(tile ? [[matmulTileKey(shape), tile]] : []) };
 }
 
-/** The tile the planner uses for `shape` when no tuned entry exists. */
+/** Returns the key of the program the planner generates for `shape` with `tile` (null: the default). */
+function programKey(device: WebGpuDevice, shape: MatmulShape, tile: MatmulTile | null): string {
+  return matmulProgram(shape, capsWith(device, shape, tile)).key;
+}
+
+/** Returns the tile the planner uses for `shape` when no tuned entry exists. */
 function defaultTile(device: WebGpuDevice, shape: MatmulShape): MatmulTile {
-  const key = programKey(device, shape, null);
-  const rows = Number(/:r(\d+):/.exec(key)?.[1]);
-  const workgroupSize = Number(/:w(\d+):/.exec(key)?.[1]);
+  const { rows, workgroupSize } = matmulPlan(shape, capsWith(device, shape, null));
   return { rows, workgroupSize };
 }
 
@@ -188,7 +183,7 @@ export function exportMatmulTuning(device: WebGpuDevice): MatmulTuningFile {
 
 /**
  * Loads tiles saved by `exportMatmulTuning`. Returns false and loads nothing when they were
- * measured on another adapter; throws on malformed data, naming the entry.
+ * measured on another adapter. Throws on malformed data, naming the entry.
  */
 export function importMatmulTuning(device: WebGpuDevice, data: MatmulTuningFile): boolean {
   if (typeof data !== 'object' || data === null || typeof data.adapter !== 'string' || typeof data.tiles !== 'object' || data.tiles === null) {

@@ -30,7 +30,7 @@ export function getDawnGpu(): GPU | null {
 }
 
 /**
- * Whether the current WebGPU device's shaders check buffer accesses: false only when
+ * Returns whether the current device's shaders check buffer accesses. It is false only when
  * `initDevice` was asked to drop the checks and runs on Dawn in Node.
  */
 export function boundsChecksEnabled(): boolean {
@@ -65,11 +65,12 @@ export interface InitDeviceOptions {
   warn?: (message: string) => void;
   /**
    * Whether shaders check every buffer access against the buffer's size (WebGPU's robustness
-   * guarantee). True by default. False applies to Dawn in Node only (browsers always check):
-   * it removes the checks from generated shaders, which made matmul about 1.4× faster on
-   * lavapipe, but a kernel bug that indexes past a buffer then reads or corrupts other memory
-   * instead of reading zeros. The engine's kernels guard their indices themselves and their
-   * tests run both ways. The environment variable S2D_BOUNDS_CHECKS=0 sets the default to false.
+   * guarantee). True by default. False applies to Dawn in Node only, because browsers always
+   * check. It removes the checks from generated shaders, which made matmul 1.2–1.6× faster on
+   * lavapipe (BENCHMARKS.md). A kernel bug that indexes past a buffer then reads or corrupts
+   * other memory instead of reading zeros. The engine's kernels guard their indices themselves,
+   * and their tests run both ways. The environment variable S2D_BOUNDS_CHECKS=0 sets the
+   * default to false.
    */
   boundsChecks?: boolean;
 }

@@ -191,7 +191,7 @@ export class Tensor {
   }
 
   /**
-   * Points this tensor at `storage`, which holds the same elements in `dtype`, and releases
+   * Points this tensor at `storage`, which contains the same elements in `dtype`, and releases
    * the old storage. Loaders use it to re-store a frozen weight as f16 while the layers keep
    * their reference to the tensor. Views made earlier keep the old storage.
    */

@@ -207,10 +207,10 @@ export function matmulPlan(shape: MatmulShape, caps: DeviceCaps, fusion: MatmulF
 }
 
 /**
- * The shape class that a tuned tile applies to: the transposes, M, N and K rounded up to a
- * power of two (M from 1 to 1024, N and K from 16 to 4096; larger sizes share the last class),
- * and `v1` when N or K (or M, with A transposed) is not a multiple of 4, because such shapes
- * load scalars instead of vec4 and run a different program.
+ * Returns the shape class that a tuned tile applies to. The key has the transposes and M, N
+ * and K rounded up to a power of two (M from 1 to 1024, N and K from 16 to 4096, and larger
+ * sizes share the last class). It ends in `v1` when N or K (or M, with A transposed) is not a
+ * multiple of 4, because such shapes load scalars instead of vec4 and run another program.
  */
 export function matmulTileKey(shape: Pick<MatmulShape, 'M' | 'N' | 'K' | 'transA' | 'transB'>): string {
   const bucket = (size: number, low: number, high: number) => Math.min(Math.max(nextPowerOfTwo(size), low), high);
@@ -459,10 +459,10 @@ export function matmulProgramForPlan(shape: MatmulShape, plan: MatmulPlan, fusio
 }
 
 /**
- * WGSL of one product: the lane's offsets into A and B, and the loop over k that, per step
- * of 4, loads the lane's tile of B and its rows of A, shares the rows over the subgroup and
- * adds tile · row into every accumulator. `scale` multiplies the tile (the second segment's
- * scale), and `range` replaces the full range of steps (a K slice).
+ * Generates the WGSL of one product: the lane's offsets into A and B, and the loop over k.
+ * Each step of 4 loads the lane's tile of B and its rows of A, shares the rows over the
+ * subgroup and adds tile · row into every accumulator. `scale` multiplies the tile (the second
+ * segment's scale), and `range` replaces the full range of steps (a K slice).
  */
 function productLoop(plan: MatmulPlan, segment: Segment, layoutA: LayoutA, remainderK: boolean, range: string | null, scale: string): { offsets: string; loop: string } {
   const { rows, loadLanes } = plan;

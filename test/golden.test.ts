@@ -297,7 +297,7 @@ test('weights larger than a buffer are rejected, larger than a binding split', a
   // With 12 KiB bindings the MLP weights [88, 48] (16.5 KiB, a 20 KiB size class) are split
   // by rows, so a 1 MiB buffer limit lets every weight through.
   assert.not.throws(() => assertWeightsFitDevice(llamaWeightMap(config), adapter(12288, 1 << 20), 'LLaMA'));
-  // A 16 KiB buffer limit holds the [61, 48] tables (11.4 KiB) but not the MLP weights.
+  // A 16 KiB buffer limit has room for the [61, 48] tables (11.4 KiB) but not the MLP weights.
   try {
     assertWeightsFitDevice(llamaWeightMap(config), adapter(12288, 16384), 'LLaMA');
     assert.unreachable('weights larger than the buffer limit passed');

@@ -194,10 +194,10 @@ for (const [name, getSmall, getNormal] of [
   ['cpu', async () => new CpuDevice({ maxBindingBytes: 4096 }), async () => cpu],
   ['webgpu', async () => { const gpu = await webgpu(); return new WebGpuDevice(gpu.device, gpu.adapterInfo, { maxBindingBytes: 4096 }); }, webgpu],
 ] as const) {
-  test(`LoRALinear on a base larger than a binding and on an f16 base matches separate ops (${name})`, async () => {
+  test(`LoRALinear split and f16 bases (${name})`, async () => {
     const xData = randomArray(3 * 5 * 36, 1, 22);
     const bData = randomArray(40 * 4, 0.5, 21);
-    /** The same layer (same seed and B) on `device`, and the input. */
+    /** Builds the same layer (same seed and B) on the current device, and the input. */
     const makeLayer = () => {
       const layer = new LoRALinear(36, 40, new Random(5), { rank: 4, alpha: 8, dropout: 0.25 });
       layer.loraEnabled = true;
@@ -207,7 +207,7 @@ for (const [name, getSmall, getNormal] of [
       return { layer, x: fromHost(xData, [3, 5, 36]) };
     };
     const normal = await getNormal();
-    /** The layer's output by separate ops on `normal`, from host copies of its tensors. */
+    /** Computes the layer's output with separate ops on `normal`, from host copies of its tensors. */
     const reference = async (layer: LoRALinear, w: Float32Array, p: number, seed: number) => {
       const on = async (t: Tensor) => fromHost((await t.data()) as Float32Array, [...t.shape], 'f32', normal);
       const [bias, loraA, loraB] = [await on(layer.base.bias!), await on(layer.loraA), await on(layer.loraB)];

@@ -50,8 +50,8 @@ test('paper plan in f32 rejects the embedding for a 256 MiB buffer', () => {
 });
 
 test('paper plan in f16 splits the embedding and lm_head over 128 MiB bindings', () => {
-  // 32000 × 4096 × 2 bytes = 250 MiB: one 256 MiB buffer holds the embedding, gathered in row
-  // ranges, and one holds lm_head, multiplied in row chunks. The MLP weights (86 MiB) fit one binding.
+  // 32000 × 4096 × 2 bytes = 250 MiB fits one 256 MiB buffer. The embedding is gathered in row
+  // ranges and lm_head multiplied in row chunks. The MLP weights (86 MiB) fit one binding.
   const plan = planMemory(paper(), WEBGPU_DEFAULT_LIMITS, { weightDtype: 'f16' });
   assert.equal(plan.problems, [], `every tensor should fit:\n${plan.problems.join('\n')}`);
   const split = formatMemoryPlan(plan).split('\n').filter((line) => line.includes('fits (split)'));

@@ -31,14 +31,14 @@ export function setDropoutSeedState(state: number): void {
 }
 
 /**
- * Whether `weight` takes the fused kernels: stored as f32 and, bound as f32, within one
- * storage binding. A frozen f16 weight or a larger one goes through `frozenLinear` instead.
+ * Returns whether `weight` can take the fused kernels: stored as f32 and within one storage
+ * binding. A frozen f16 weight or a larger one goes through `frozenLinear` instead.
  */
 function fusable(weight: Tensor): boolean {
   return weight.dtype === 'f32' && weight.size * 4 <= weight.device.limits.maxBindingBytes;
 }
 
-/** x [..., in] → ([rows, in], the leading shape). */
+/** Flattens x [..., in] to [rows, in] and returns it with the leading shape. */
 function flattenRows(x: Tensor, inFeatures: number): [Tensor, number[]] {
   const leading = x.shape.slice(0, -1);
   return [reshape(x, [leading.reduce((p, d) => p * d, 1), inFeatures]), leading];
@@ -46,8 +46,9 @@ function flattenRows(x: Tensor, inFeatures: number): [Tensor, number[]] {
 
 /**
  * y = x·Wᵀ + b. x [..., in] → [..., out]. An f32 weight within one binding runs one matmul
- * dispatch with the bias fused; a frozen f16 weight, or one larger than a binding, runs
- * `frozenLinear` (row chunks of at most one binding, read in their stored dtype) and then adds the bias.
+ * dispatch with the bias fused. A frozen f16 weight, or one larger than a binding, runs
+ * `frozenLinear` (row chunks of at most one binding, read in their stored dtype), and then
+ * the bias is added.
  */
 export class Linear extends Module {
   readonly weight: Tensor;

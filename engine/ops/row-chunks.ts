@@ -4,9 +4,9 @@
 // A WebGPU kernel binds each tensor whole, and one binding covers at most
 // maxStorageBufferBindingSize bytes (128 MiB on lavapipe), while one buffer may have up to
 // maxBufferSize (4 GiB there). A [32000, 4096] f32 table (500 MiB) is therefore stored in one
-// buffer and bound in row ranges: `rowRange` returns a tensor over rows [start, start + count)
-// that kernels bind as a range of the buffer, and `rowChunks` plans ranges that fit one
-// binding and start at an aligned byte offset.
+// buffer and bound in row ranges. `rowRange` returns a tensor over rows [start, start + count)
+// that kernels bind as a range of the buffer. `rowChunks` plans ranges that fit one binding
+// and start at an aligned byte offset.
 //
 // frozenLinear: x [N, K], W [M, K] (f32 or f16, any size) → y = x·Wᵀ [N, M]. W is processed in
 // row chunks W_c [M_c, K]: each chunk gives the column block y[:, c] = x·W_cᵀ, and the blocks

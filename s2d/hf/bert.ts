@@ -3,7 +3,7 @@
 // (pooler, masked-LM, CXR-BERT's projection) are not loaded.
 import { getDevice } from '../../engine/devices.ts';
 import { TextEncoder, type BertConfig } from '../models/bert.ts';
-import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
+import { assertWeightsFitDevice, buildAndLoad, ConfigFields, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
 
 /** Parses a BERT config.json; absent fields take BertConfig's defaults. */
 export function parseBertConfig(config: Record<string, unknown>, where = 'config.json'): BertConfig {
@@ -104,17 +104,10 @@ export async function loadBert(folder: CheckpointFolder, options: BertLoadOption
   };
   const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: isBertHalfWeight };
   assertWeightsFitDevice(bertWeightMap(config), getDevice(), 'BERT', storage);
-  const weights = await openHfWeights(folder);
-  const model = new TextEncoder(config, new ZeroRandom());
-  try {
+  const model = await buildAndLoad(folder, () => new TextEncoder(config, new ZeroRandom()), (weights) => {
     const prefix = weights.names().includes('bert.embeddings.word_embeddings.weight') ? 'bert.' : '';
-    await loadWeightMap(model, bertWeightMap(config, prefix), weights, { model: 'BERT', ignored: (name) => isIgnoredBertTensor(name, prefix), ...storage });
-  } catch (error) {
-    model.dispose();
-    throw error;
-  } finally {
-    await weights.close();
-  }
+    return { entries: bertWeightMap(config, prefix), options: { model: 'BERT', ignored: (name) => isIgnoredBertTensor(name, prefix), ...storage } };
+  });
   model.setRequiresGrad(false);
   model.eval();
   return { model, config };

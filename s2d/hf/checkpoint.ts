@@ -227,6 +227,32 @@ export async function loadWeightMap(module: Module, entries: WeightMapEntry[], w
 }
 
 /**
+ * Builds a model with `build` and loads the checkpoint of `folder` into it. `plan` returns the
+ * weight map and load options for the opened checkpoint (they may depend on its tensor names).
+ * Disposes the model when loading fails, and closes the checkpoint either way.
+ */
+export async function buildAndLoad<M extends Module>(
+  folder: CheckpointFolder,
+  build: () => M,
+  plan: (weights: HfWeights) => { entries: WeightMapEntry[]; options: LoadWeightsOptions },
+): Promise<M> {
+  const weights = await openHfWeights(folder);
+  try {
+    const model = build();
+    try {
+      const { entries, options } = plan(weights);
+      await loadWeightMap(model, entries, weights, options);
+    } catch (error) {
+      model.dispose();
+      throw error;
+    }
+    return model;
+  } finally {
+    await weights.close();
+  }
+}
+
+/**
  * Whether a checkpoint tensor is a token embedding table, which the embedding op gathers in
  * row ranges when it is larger than one binding.
  */
@@ -235,9 +261,9 @@ export function isEmbeddingTable(name: string): boolean {
 }
 
 /**
- * Whether a frozen checkpoint tensor is used in row ranges when it is larger than one binding:
- * every 2-D `.weight` of these models is an embedding table (gathered by rows) or a linear
- * weight [out, in] (multiplied by `frozenLinear` in row chunks).
+ * Returns whether a frozen checkpoint tensor is used in row ranges when it is larger than one
+ * binding. In the LLaMA, BERT and Dinov2 maps, every 2-D `.weight` is an embedding table
+ * (gathered by rows) or a linear weight [out, in] (multiplied by `frozenLinear` in row chunks).
  */
 export function splitsByRows(name: string, shape: readonly number[]): boolean {
   return shape.length === 2 && name.endsWith('.weight');

@@ -8,7 +8,7 @@
 import { getDevice } from '../../engine/devices.ts';
 import type { InterpolationConvention } from '../models/position-interpolation.ts';
 import { VisionTransformer, type VitConfig } from '../models/vit.ts';
-import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
+import { assertWeightsFitDevice, buildAndLoad, ConfigFields, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
 
 /** Parses a Dinov2 config.json; absent fields take Dinov2Config's defaults. */
 export function parseDinov2Config(config: Record<string, unknown>, where = 'config.json'): VitConfig {
@@ -114,17 +114,10 @@ export async function loadDinov2(folder: CheckpointFolder, options: Dinov2Option
   };
   const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: isDinov2HalfWeight };
   assertWeightsFitDevice(dinov2WeightMap(config), getDevice(), 'Dinov2', storage);
-  const weights = await openHfWeights(folder);
-  const model = new VisionTransformer(config, new ZeroRandom());
-  try {
+  const model = await buildAndLoad(folder, () => new VisionTransformer(config, new ZeroRandom()), (weights) => {
     const prefix = weights.names().includes('dinov2.embeddings.cls_token') ? 'dinov2.' : '';
-    await loadWeightMap(model, dinov2WeightMap(config, prefix), weights, { model: 'Dinov2', ignored: (name) => isIgnoredDinov2Tensor(name, prefix), ...storage });
-  } catch (error) {
-    model.dispose();
-    throw error;
-  } finally {
-    await weights.close();
-  }
+    return { entries: dinov2WeightMap(config, prefix), options: { model: 'Dinov2', ignored: (name) => isIgnoredDinov2Tensor(name, prefix), ...storage } };
+  });
   model.setRequiresGrad(false);
   model.eval();
   return { model, config };

@@ -6,7 +6,7 @@ import { getDevice } from '../../engine/devices.ts';
 import type { LoraOptions } from '../../engine/nn/layers.ts';
 import { Random } from '../../engine/random.ts';
 import { LlamaDecoder, type LlamaConfig } from '../models/llama.ts';
-import { assertWeightsFitDevice, ConfigFields, loadWeightMap, openHfWeights, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
+import { assertWeightsFitDevice, buildAndLoad, ConfigFields, readHfConfig, ZeroRandom, type CheckpointFolder, type WeightDtype, type WeightMapEntry } from './checkpoint.ts';
 
 /** LoRA settings of S2D-Align (Gao, Liu, Li): rank 16, alpha 16, dropout 0.1, on all linear layers of the blocks. */
 export const PAPER_LORA: LoraOptions = { rank: 16, alpha: 16, dropout: 0.1 };
@@ -140,23 +140,17 @@ export async function loadLlama(folder: CheckpointFolder, options: LlamaLoadOpti
   };
   const storage = { weightDtype: options.weightDtype ?? 'f32', storesF16: llamaHalfWeights(config) };
   assertWeightsFitDevice(llamaWeightMap(config), getDevice(), 'LLaMA', storage);
-  const weights = await openHfWeights(folder);
   // TODO: every parameter is allocated in f32 here before loadWeightMap swaps in the f16 copies,
   // so loading with weightDtype 'f16' still peaks at the f32 size (about 25 GiB for Vicuna-7B).
-  const model = new LlamaDecoder(config, new ZeroRandom(), options.lora ?? PAPER_LORA);
-  try {
-    await loadWeightMap(model, llamaWeightMap(config), weights, {
+  const model = await buildAndLoad(folder, () => new LlamaDecoder(config, new ZeroRandom(), options.lora ?? PAPER_LORA), () => ({
+    entries: llamaWeightMap(config),
+    options: {
       model: 'LLaMA',
       ignored: (name) => isIgnoredLlamaTensor(name, config),
       notInCheckpoint: (name) => name.endsWith('.lora_A') || name.endsWith('.lora_B'),
       ...storage,
-    });
-  } catch (error) {
-    model.dispose();
-    throw error;
-  } finally {
-    await weights.close();
-  }
+    },
+  }));
   resetLora(model, options.seed ?? 1234);
   model.setRequiresGrad(false);
   for (const parameter of model.loraParameters()) parameter.requiresGrad = true;
